@@ -1,0 +1,254 @@
+"""``uss-bench``: the command line (Typer). Thin: parses options and calls the stage functions.
+
+Exit codes: 0 ok, 1 regression found (``compare``) or a failed ``--verify``, 2 bad input or usage.
+Long stages show a progress bar (rich), quiet under ``CI=true`` or ``--quiet``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from harness.errors import UssBenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="uss-bench: evaluate universal source separation on six corpora (Kong, Chen et al. 2023).")
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+WorkdirOpt = Annotated[Path | None, typer.Option("--workdir", help="work folder [env USS_BENCH_WORKDIR, ./uss-bench-work]")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+
+
+def _workdir(workdir: Path | None) -> Path:
+    from harness.datasets.store import default_workdir
+
+    return workdir or default_workdir()
+
+
+def _quiet(quiet: bool) -> bool:
+    return quiet or os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@contextmanager
+def _progress(quiet: bool):
+    """Yields ``update(description, done, total)``; a rich bar unless quiet."""
+    if _quiet(quiet):
+        yield lambda *a: None
+        return
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=True)
+    tasks: dict[str, int] = {}
+
+    def update(desc: str, done: int, total: int) -> None:
+        if desc not in tasks:
+            tasks[desc] = bars.add_task(desc, total=total)
+        bars.update(tasks[desc], completed=done, total=total)
+
+    with bars:
+        yield update
+
+
+@app.command()
+def datasets(
+    config: Annotated[Path, typer.Option(help="TOML with a [roots] table")] = Path("uss-bench.toml"),
+) -> None:
+    """List each corpus with its expected layout and whether its root is found and valid."""
+    from harness.datasets import CORPORA
+    from harness.datasets.base import env_name, resolve_root
+
+    table = Table(title="uss-bench corpora", show_lines=True)
+    for col in ("dataset", "root", "status", "expected layout"):
+        table.add_column(col, overflow="fold")
+    for name, cls in CORPORA.items():
+        try:
+            root = resolve_root(name, None, config)
+            cls(root).check()
+            status, where = "[green]valid[/green]", str(root)
+        except UssBenchError as exc:
+            status = f"[red]{str(exc).splitlines()[0]}[/red]"
+            where = f"(set USS_BENCH_{env_name(name)}_ROOT)"
+        table.add_row(name, where, status, cls.layout)
+    console.print(table)
+
+
+@app.command("build-mixtures")
+def build_mixtures_cmd(
+    dataset: Annotated[str, typer.Argument(help="audioset | fsdkaggle2018 | fsd50k | musdb18 | slakh2100 | voicebank-demand")],
+    root: Annotated[Path | None, typer.Option(help="corpus root [env USS_BENCH_<NAME>_ROOT, uss-bench.toml]")] = None,
+    split: str = "test",
+    workdir: WorkdirOpt = None,
+    seed: Annotated[int | None, typer.Option(help="protocol seed [the dataset TOML's, 1234]")] = None,
+    per_class: Annotated[int | None, typer.Option(help="items per class [the TOML's, 100]")] = None,
+    anchor: Annotated[str | None, typer.Option(help="AudioSet anchor: sed | energy | random")] = None,
+    sed_checkpoint: Annotated[Path | None, typer.Option(help="Cnn14_DecisionLevelMax checkpoint for --anchor sed")] = None,
+    jobs: Annotated[int, typer.Option(help="parallel render workers (results do not depend on it)")] = 1,
+    verify: Annotated[bool, typer.Option(help="rebuild in a temporary folder and compare with the existing set")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build a deterministic evaluation set (protocol uss-paper, DESIGN §4)."""
+    from harness.datasets.base import resolve_root
+    from harness.mixtures import BuildOptions, build_mixtures, verify_build
+
+    opts = BuildOptions(dataset=dataset, split=split, seed=seed, per_class=per_class, anchor=anchor,
+                        sed_checkpoint=str(sed_checkpoint) if sed_checkpoint else None, jobs=jobs)
+    corpus_root = resolve_root(dataset, root)
+    wd = _workdir(workdir)
+    if verify:
+        problems = verify_build(corpus_root, wd, opts)
+        if problems:
+            err.print(f"[red]verify failed[/red] for {dataset}/{split}: {len(problems)} difference(s)")
+            for p in problems[:50]:
+                err.print(f"  {p}")
+            raise typer.Exit(1)
+        console.print(f"verify ok: {dataset}/{split} rebuilt bit-identically")
+        return
+    with _progress(quiet) as update:
+        build = build_mixtures(corpus_root, wd, opts, progress=lambda d, t: update(f"{dataset} render", d, t))
+    counts = build["counts"]
+    skipped = {k: v["skipped"] for k, v in counts["per_class"].items() if v.get("skipped")}
+    console.print(f"{dataset}/{split}: {counts['items']} items, {counts['classes']} classes → "
+                  f"{wd}/mixtures/{dataset}/{split} (digest {build['digest'][:16]}…, {build['seconds']:.1f} s)")
+    reused = [k for k, v in counts["per_class"].items() if v.get("reuse")]
+    if reused:
+        console.print(f"  {len(reused)} class(es) have fewer clips than items per class and reuse clips "
+                      f"(rule in datasets/{dataset}.toml; counts in build.json)")
+    for label, why in skipped.items():
+        console.print(f"  skipped class {label!r}: {why}")
+    for note in counts.get("notes", []):
+        console.print(f"  {note}")
+
+
+@app.command("eval")
+def eval_cmd(
+    datasets: Annotated[list[str] | None, typer.Argument(help="datasets to evaluate")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every dataset built in the workdir")] = False,
+    baseline: Annotated[str | None, typer.Option(help="mixture | oracle-irm")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="separator checkpoint (.ckpt, .pth, .safetensors)")] = None,
+    workdir: WorkdirOpt = None,
+    out: Annotated[Path | None, typer.Option(help="run folder [reports/<system>]")] = None,
+    split: str = "test",
+    condition: Annotated[str, typer.Option(help="query condition: average | oracle")] = "average",
+    batch_size: int = 16,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    jobs: Annotated[int, typer.Option(help="metric workers")] = 1,
+    limit: Annotated[int | None, typer.Option(help="first N items of each set")] = None,
+    resume: Annotated[bool, typer.Option(help="skip datasets already written to <out>/parts")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Evaluate a baseline or a checkpoint; write items.parquet, summary.md and run.json."""
+    from harness.evaluate import BASELINES, EvalOptions, resolve_datasets, run_eval
+    from harness.reports import render_report
+
+    if (baseline is None) == (checkpoint is None):
+        raise UssBenchError("pass exactly one of --baseline mixture|oracle-irm and --checkpoint CKPT")
+    if baseline is not None:
+        if baseline not in BASELINES:
+            raise UssBenchError(f"--baseline {baseline!r}: choose one of {', '.join(BASELINES)}")
+        system = BASELINES[baseline]()
+    else:
+        from harness.systems import CheckpointSystem
+
+        system = CheckpointSystem(checkpoint, workdir=_workdir(workdir), condition=condition, device=device,
+                                  batch_size=batch_size)
+    wd = _workdir(workdir)
+    names, absent = resolve_datasets(datasets or [], all_, wd, split)
+    if absent:
+        console.print(f"--all: not built in {wd}/mixtures, skipped: {', '.join(absent)}")
+    run_dir = out or Path("reports") / system.name.replace(":", "-")
+    opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, batch_size=batch_size, jobs=jobs,
+                       limit=limit, resume=resume, extra={"condition": condition, "device": device})
+    with _progress(quiet) as update:
+        run = run_eval(system, opts, progress=lambda d, done, total: update(f"{d} eval", done, total))
+    report = render_report(run_dir)
+    console.print(report.summary.read_text().split("## Detail")[0])
+    console.print(f"items: {run_dir}/items.parquet ({sum(sum(c.values()) for c in run['counts'].values())} rows), "
+                  f"summary: {report.summary}")
+
+
+@app.command()
+def report(run: Annotated[Path, typer.Argument(help="run folder with items.parquet")]) -> None:
+    """Re-render summary.md, per_class.md and the figure from items.parquet."""
+    from harness.reports import render_report
+
+    rep = render_report(run)
+    console.print(rep.summary.read_text().split("## Detail")[0])
+    console.print(f"wrote {rep.summary}, {rep.per_class}" + (f", {rep.figure}" if rep.figure else ""))
+
+
+@app.command()
+def compare(
+    base: Annotated[Path, typer.Argument(help="baseline run folder (or items.parquet)")],
+    candidate: Annotated[Path, typer.Argument(help="candidate run folder (or items.parquet)")],
+    tolerance_db: Annotated[float, typer.Option(help="allowed drop of any aggregate (dB; MOS for PESQ)")] = 0.1,
+) -> None:
+    """Compare two runs item by item; exit 1 when an aggregate drops by more than the tolerance."""
+    from harness.reports import compare_runs
+
+    cmp = compare_runs(base, candidate, tolerance_db)
+    table = Table(title=f"compare (tolerance {tolerance_db} dB)")
+    for col in ("dataset", "condition", "metric", "aggregate", "items", "base", "candidate", "delta", ""):
+        table.add_column(col, justify="right" if col in ("items", "base", "candidate", "delta") else "left")
+    for r in cmp.table.itertuples():
+        bad = r.delta < -tolerance_db
+        table.add_row(r.dataset, r.condition, r.metric, r.aggregate, str(r.items), f"{r.base:.3f}",
+                      f"{r.candidate:.3f}", f"{r.delta:+.3f}", "[red]REGRESSION[/red]" if bad else "ok")
+    console.print(table)
+    for k, v in cmp.unpaired.items():
+        if v:
+            console.print(f"  {k}: {v} row(s)")
+    if len(cmp.regressions) or cmp.newly_failing:
+        err.print(f"[red]{len(cmp.regressions)} aggregate(s) regressed beyond {tolerance_db}; "
+                  f"{cmp.newly_failing} item(s) stopped scoring[/red]")
+        raise typer.Exit(1)
+    console.print("no regression")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path | None, typer.Option(help="report folder [reports/demo]")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="work folder [a fresh temporary one]")] = None,
+    jobs: int = 1,
+    quiet: QuietOpt = False,
+) -> None:
+    """The main job on the embedded demo corpora (datasets/demo): build → eval baselines → report."""
+    from harness.demo import run_demo
+
+    summary = run_demo(out or Path("reports") / "demo", workdir, jobs=jobs, quiet=_quiet(quiet), console=console)
+    console.print(f"summary: {summary}")
+
+
+def main() -> None:
+    """Console-script entry point: UssBenchError → a clear message and exit code 2."""
+    logging.basicConfig(level=os.environ.get("USS_BENCH_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        rc = app(standalone_mode=False)
+    except UssBenchError as exc:
+        err.print(f"error: {exc}", style="red", highlight=False, markup=False)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.BadParameter, typer.Abort) as exc:
+        err.print(f"error: {exc}")
+        sys.exit(2)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

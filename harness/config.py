@@ -1,0 +1,45 @@
+"""Dataset declarations: ``datasets/<name>.toml`` (protocol constants, rules for small classes).
+
+The TOML files are data, not code (DESIGN §2): changing a protocol constant is a reviewed change of a
+declaration, and every build records the declaration it used in ``build.json``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from harness.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The checkout (or source tree) holding ``datasets/``, ``models/`` and ``reports/``."""
+
+DATASETS_DIR = REPO_ROOT / "datasets"
+
+DATASET_NAMES = ("audioset", "fsdkaggle2018", "fsd50k", "musdb18", "slakh2100", "voicebank-demand")
+"""Dataset names on the command line, in the paper's Table 2 order."""
+
+
+def load_dataset_config(name: str) -> dict[str, Any]:
+    """Read ``datasets/<name>.toml``.
+
+    Returns:
+        The parsed table (keys as in the file: ``sample_rate`` Hz, ``segment_seconds`` s,
+        ``items_per_class``, ``seed``, ``metrics``, ``aggregate``, ``[mixing]``, ``[small_classes]``…).
+
+    Raises:
+        ConfigError: unknown dataset name, missing or malformed TOML.
+    """
+    if name not in DATASET_NAMES:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    path = DATASETS_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"dataset declaration {path} is missing; is the checkout complete?")
+    try:
+        cfg = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    if cfg.get("name") != name:
+        raise ConfigError(f"{path}: name = {cfg.get('name')!r}, expected {name!r}")
+    return cfg

@@ -1,0 +1,550 @@
+"""``build-mixtures``: corpus records → deterministic evaluation sets, protocol ``uss-paper``.
+
+Two steps, as in descript audiotools' "sample a spec, persist it, then render it":
+
+1. **Plan** (serial, metadata only, except Slakh's frame scan): every random choice is drawn from
+   ``numpy.random.default_rng(SeedSequence([seed, key(dataset), key(split), key(label)]))``, one stream
+   per class, and written into an :class:`ItemSpec`. A spec holds everything needed to render its item.
+2. **Render** (parallel with joblib, ``--jobs N``): a pure function of the spec. Results come back in
+   spec order, so the set is bit-identical for any number of workers.
+
+Protocol ``uss-paper`` (DESIGN §4, the paper §5.1 and the upstream evaluation scripts):
+
+- AudioSet / FSDKaggle2018 / FSD50K: for each class, up to ``items_per_class`` target clips of that class,
+  each mixed with an interferer clip that does not carry the class. Targets are 2-s segments at 32 kHz:
+  AudioSet anchors by ``energy`` (the loudest 2 s), ``random``, or ``sed`` (Cnn14_DecisionLevelMax);
+  FSD clips are cut or tiled from their start. The interferer is scaled by
+  ``gain = clip(sqrt(E_target / E_interferer), 0.02, 50)`` (energy matching) and added.
+- Slakh2100: 2-s frames of each stem with peak > 0.1, grouped by ``plugin_name``; the mixture is the same
+  2 s of the track's real ``mix.flac``.
+- MUSDB18: every test track × {vocals, drums, bass, other} against its ``mixture.wav`` (virtual items).
+- Voicebank-Demand: every clean utterance against its noisy twin (virtual items).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+
+import harness
+from harness.audio import AudioRef, audio_info, fix_length, read_audio, resample, resolve_audio_path
+from harness.config import load_dataset_config
+from harness.datasets import get_corpus
+from harness.datasets.base import Clip, Corpus, Track
+from harness.datasets.store import (
+    MANIFEST_COLUMNS,
+    array_sha256,
+    atomic_dir,
+    file_sha256,
+    items_digest,
+    open_set,
+    set_dir,
+)
+from harness.errors import ConfigError, UssBenchError
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "uss-paper"
+PROTOCOL_VERSION = 1
+ANCHOR_MODES = ("sed", "energy", "random")
+
+
+def stream_key(text: str) -> int:
+    """A stable 64-bit integer for a string (first 8 bytes of its sha256), used to key RNG streams."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def class_rng(seed: int, dataset: str, split: str, label: str) -> np.random.Generator:
+    """The random stream of one class: independent of other classes, workers and iteration order."""
+    return np.random.default_rng(np.random.SeedSequence([seed, stream_key(dataset), stream_key(split),
+                                                         stream_key(label)]))
+
+
+@dataclass(frozen=True)
+class ItemSpec:
+    """Everything needed to render one item; all randomness is already drawn.
+
+    Attributes:
+        item_id: stable id ``"<dataset>-<split>-<class_id:03d>-<k:03d>"`` (clips, Slakh) or the
+            track / utterance / stem name (virtual items).
+        class_id, label: the target's class in the corpus vocabulary.
+        target: the target recording; ``mixture``: a real mixture (Slakh ``mix.flac``, virtual items).
+        target_start: for Slakh, the frame start in samples at the file's rate; else ``None``.
+        interferer, interferer_label: the other source of a clip mixture.
+        anchor_seeds: per-source seeds of ``random`` anchors (target, interferer).
+    """
+
+    item_id: str
+    class_id: int
+    label: str
+    target: AudioRef
+    source_id: str | None = None
+    mixture: AudioRef | None = None
+    target_start: int | None = None
+    interferer: AudioRef | None = None
+    interferer_label: str | None = None
+    anchor_seeds: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class BuildOptions:
+    """Options of one build (recorded in ``build.json``)."""
+
+    dataset: str
+    split: str = "test"
+    seed: int | None = None
+    per_class: int | None = None
+    anchor: str | None = None
+    sed_checkpoint: str | None = None
+    jobs: int = 1
+
+
+@dataclass
+class Plan:
+    """The specs of a set plus what the plan decided per class (for ``build.json``)."""
+
+    specs: list[ItemSpec]
+    classes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# -- planning ---------------------------------------------------------------------------------------
+
+
+def _pick_targets(rng: np.random.Generator, n_clips: int, n_items: int) -> list[int]:
+    """Indices of target clips: without replacement when possible, else whole permutations in turn."""
+    if n_clips >= n_items:
+        return [int(i) for i in rng.choice(n_clips, size=n_items, replace=False)]
+    picks: list[int] = []
+    while len(picks) < n_items:
+        picks.extend(int(i) for i in rng.permutation(n_clips))
+    return picks[:n_items]
+
+
+def plan_clips(corpus: Corpus, clips: list[Clip], cfg: dict, opts: BuildOptions) -> Plan:
+    """Plan the mixtures of a clip corpus (AudioSet, FSDKaggle2018, FSD50K).
+
+    A clip is a target candidate of class ``k`` when it carries ``k`` (AudioSet: any of its labels, as
+    the upstream balanced sampler; FSD: its primary label, as the upstream ``labels.split(",")[0]``).
+    Interferers are drawn uniformly from the clips that do not carry ``k``; an exact repeat of a
+    (target, interferer) pair is redrawn while another interferer is available.
+    """
+    vocab = corpus.vocabulary()
+    per_class = opts.per_class or cfg["items_per_class"]
+    small = cfg.get("small_classes", {})
+    max_uses = int(small.get("max_uses_per_clip", 1))
+    any_label = corpus.name == "audioset"
+    plan = Plan(specs=[])
+    by_label: dict[str, list[int]] = {}
+    for i, clip in enumerate(clips):
+        for label in clip.labels if any_label else clip.labels[:1]:
+            by_label.setdefault(label, []).append(i)
+    for class_id, label in enumerate(vocab):
+        candidates = by_label.get(label, [])
+        if not candidates:
+            continue
+        pool = [i for i, c in enumerate(clips) if label not in c.labels]
+        info: dict[str, Any] = {"class_id": class_id, "clips": len(candidates)}
+        plan.classes[label] = info
+        if not pool:
+            info.update(items=0, skipped="no interferer clip without this class")
+            continue
+        n_items = per_class if len(candidates) >= per_class else min(per_class, max_uses * len(candidates))
+        info.update(items=n_items, reuse=len(candidates) < per_class)
+        rng = class_rng(plan_seed(cfg, opts), corpus.name, opts.split, label)
+        seen: set[tuple[int, int]] = set()
+        for k, t in enumerate(_pick_targets(rng, len(candidates), n_items)):
+            target = candidates[t]
+            interferer = pool[int(rng.integers(len(pool)))]
+            for _ in range(len(pool)):
+                if (target, interferer) not in seen:
+                    break
+                interferer = pool[int(rng.integers(len(pool)))]
+            seen.add((target, interferer))
+            seeds = tuple(int(s) for s in rng.integers(0, 2**63 - 1, size=2))
+            other = clips[interferer]
+            plan.specs.append(ItemSpec(
+                item_id=f"{corpus.name}-{opts.split}-{class_id:03d}-{k:03d}",
+                class_id=class_id, label=label, target=clips[target].audio,
+                source_id=clips[target].clip_id,
+                interferer=other.audio, interferer_label=other.labels[0], anchor_seeds=seeds,
+            ))
+    present = set(by_label)
+    plan.notes.append(f"{len(vocab) - len(present & set(vocab))} of {len(vocab)} classes have no clip "
+                      f"in split {opts.split!r}")
+    return plan
+
+
+def _active_frames(corpus: Corpus, ref: AudioRef, frame_peak: float, seconds: float) -> list[int]:
+    """Start samples (at the file's rate) of the non-overlapping frames whose peak exceeds ``frame_peak``."""
+    rate = audio_info(ref.path).samplerate
+    x = corpus.read(ref, rate)
+    n = int(rate * seconds)
+    frames = len(x) // n
+    if frames == 0:
+        return []
+    peaks = np.abs(x[: frames * n].reshape(frames, n)).max(axis=1)
+    return [int(i * n) for i in np.flatnonzero(peaks > frame_peak)]
+
+
+def plan_slakh(corpus: Corpus, tracks: list[Track], cfg: dict, opts: BuildOptions) -> Plan:
+    """Plan Slakh2100 items: active 2-s stem frames grouped by ``plugin_name`` (upstream rule).
+
+    The frame scan decodes every stem (in parallel with ``opts.jobs``); it is deterministic.
+    """
+    vocab = corpus.vocabulary()
+    per_class = opts.per_class or cfg["items_per_class"]
+    jobs = [(track, src) for track in tracks for src in track.sources]
+    scans = Parallel(n_jobs=opts.jobs)(
+        delayed(_active_frames)(corpus, src.audio, cfg["frame_peak"], cfg["segment_seconds"]) for _, src in jobs
+    )
+    frames: dict[str, list[tuple[Track, Any, int]]] = {}
+    for (track, src), starts in zip(jobs, scans, strict=True):
+        frames.setdefault(src.label, []).extend((track, src, s) for s in starts)
+    plan = Plan(specs=[])
+    for label in sorted(frames):
+        found = frames[label]
+        info: dict[str, Any] = {"class_id": vocab.index(label), "frames": len(found)}
+        plan.classes[label] = info
+        if len(found) <= cfg["min_frames"]:
+            info.update(items=0, skipped=f"{len(found)} active frames, a class needs more than {cfg['min_frames']}")
+            continue
+        rng = class_rng(plan_seed(cfg, opts), corpus.name, opts.split, label)
+        picks = range(len(found)) if len(found) <= per_class else sorted(
+            int(i) for i in rng.choice(len(found), size=per_class, replace=False))
+        info["items"] = len(picks)
+        for k, i in enumerate(picks):
+            track, src, start = found[i]
+            plan.specs.append(ItemSpec(
+                item_id=f"{corpus.name}-{opts.split}-{info['class_id']:03d}-{k:03d}",
+                class_id=info["class_id"], label=label, target=src.audio, mixture=track.mixture,
+                source_id=f"{track.track_id}/{src.source_id}", target_start=start,
+            ))
+    return plan
+
+
+def plan_virtual(corpus: Corpus, tracks: list[Track], cfg: dict, opts: BuildOptions) -> Plan:
+    """Plan MUSDB18 / Voicebank-Demand: one item per (track, source), whole signals."""
+    vocab = corpus.vocabulary()
+    plan = Plan(specs=[])
+    for track in tracks:
+        for src in track.sources:
+            item_id = track.track_id if len(track.sources) == 1 else f"{track.track_id}/{src.source_id}"
+            plan.specs.append(ItemSpec(item_id=item_id, class_id=vocab.index(src.label), label=src.label,
+                                       target=src.audio, mixture=track.mixture, source_id=src.source_id))
+    for label in vocab:
+        n = sum(s.label == label for s in plan.specs)
+        plan.classes[label] = {"class_id": vocab.index(label), "items": n}
+    return plan
+
+
+def plan_seed(cfg: dict, opts: BuildOptions) -> int:
+    return int(opts.seed if opts.seed is not None else cfg["seed"])
+
+
+# -- rendering --------------------------------------------------------------------------------------
+
+
+def energy_gain(target: np.ndarray, interferer: np.ndarray, lo: float, hi: float) -> float:
+    """Energy matching: ``clip(sqrt(E_target / E_interferer), lo, hi)`` with energies in float64.
+
+    A silent interferer gets ``hi`` (it stays silent). Source: the upstream ``get_energy_ratio``.
+    """
+    e_t = float(np.sum(np.square(target, dtype=np.float64)))
+    e_i = float(np.sum(np.square(interferer, dtype=np.float64)))
+    ratio = math.sqrt(e_t / e_i) if e_i > 0 else hi
+    return float(min(max(ratio, lo), hi))
+
+
+def _segment(x: np.ndarray, seg: int, anchor: str, seed: int, anchor_fn: Callable | None) -> tuple[np.ndarray, int]:
+    """Cut one 2-s segment out of a clip by the anchor rule; returns ``(segment, begin_sample)``."""
+    if len(x) <= seg:
+        return fix_length(x, seg, mode="tile"), 0
+    if anchor == "start":
+        begin = 0
+    elif anchor == "energy":
+        from harness.anchors import energy_anchor
+
+        begin, _ = energy_anchor(x, segment_samples=seg)
+    elif anchor == "random":
+        from harness.anchors import random_anchor
+
+        begin, _ = random_anchor(len(x), np.random.default_rng(seed), segment_samples=seg)
+    elif anchor == "sed" and anchor_fn is not None:
+        begin = anchor_fn(x)
+    else:
+        raise ConfigError(f"anchor mode {anchor!r} is not available here")
+    return x[begin: begin + seg].copy(), int(begin)
+
+
+def render_item(spec: ItemSpec, corpus: Corpus, cfg: dict, anchor: str,
+                anchor_fn: Callable | None = None) -> dict[str, Any]:
+    """Render one item of a fixed-length set. Pure: the same spec gives the same bytes.
+
+    Returns:
+        a dict with ``mixture`` and ``target`` (float32 ``(64000,)`` at 32 kHz), the manifest fields
+        (onsets in seconds at 32 kHz, ``interferer_gain``) and both sha256 hashes.
+    """
+    sr = cfg["sample_rate"]
+    seg = int(round(sr * cfg["segment_seconds"]))
+    row: dict[str, Any] = {}
+    if spec.mixture is not None:  # Slakh: the same frame of a stem and of the real mix
+        rate = audio_info(spec.target.path).samplerate
+        n = int(round(rate * cfg["segment_seconds"]))
+        pieces = []
+        for ref in (spec.target, spec.mixture):
+            native = read_audio(ref.path, None, start=spec.target_start, frames=n)
+            pieces.append(fix_length(resample(native, rate, sr), seg, mode="pad"))
+        target, mixture = pieces
+        row.update(target_onset_s=spec.target_start / rate)
+    else:
+        t_full = corpus.read(spec.target, sr)
+        i_full = corpus.read(spec.interferer, sr)
+        target, t_on = _segment(t_full, seg, anchor, spec.anchor_seeds[0], anchor_fn)
+        interferer, i_on = _segment(i_full, seg, anchor, spec.anchor_seeds[1], anchor_fn)
+        mix_cfg = cfg["mixing"]
+        gain = energy_gain(target, interferer, mix_cfg["gain_min"], mix_cfg["gain_max"]) \
+            if mix_cfg.get("energy_match", True) else 1.0
+        mixture = target + np.float32(gain) * interferer
+        row.update(target_onset_s=t_on / sr, interferer_onset_s=i_on / sr, interferer_gain=gain)
+    row.update(mixture=mixture.astype(np.float32), target=target.astype(np.float32),
+               sha256_mixture=array_sha256(mixture), sha256_target=array_sha256(target), num_samples=seg)
+    return row
+
+
+def _render_batch(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor: str,
+                  sed_checkpoint: str | None) -> list[dict[str, Any]]:
+    anchor_fn = _sed_anchor_fn(sed_checkpoint) if anchor == "sed" else None
+    return [render_item(s, corpus, cfg, anchor, anchor_fn) for s in specs]
+
+
+def _sed_anchor_fn(checkpoint: str | None) -> Callable:
+    """Per-process SED anchor function (Cnn14_DecisionLevelMax + ``find_anchor``); see harness.anchors."""
+    from harness.anchors import sed_anchor_fn
+
+    if checkpoint is None:
+        raise ConfigError("--anchor sed needs --sed-checkpoint PTH (a Cnn14_DecisionLevelMax checkpoint)")
+    return sed_anchor_fn(checkpoint)
+
+
+# -- the build --------------------------------------------------------------------------------------
+
+
+def _rel(ref: AudioRef | None, root: Path) -> str | None:
+    if ref is None:
+        return None
+    try:
+        path = str(ref.path.relative_to(root))
+    except ValueError:
+        path = str(ref.path)
+    return f"{path}#{ref.h5_index}" if ref.h5_index is not None else path
+
+
+def _fingerprint(refs: Iterable[AudioRef], root: Path) -> dict[str, Any]:
+    """File list + sizes of what the build reads (the corpus fingerprint in ``build.json``)."""
+    h = hashlib.sha256()
+    files = sorted({resolve_audio_path(r.path) if r.h5_index is None else r.path for r in refs})
+    total = 0
+    for f in files:
+        size = f.stat().st_size
+        total += size
+        rel = f.relative_to(root) if f.is_relative_to(root) else f
+        h.update(f"{rel}\0{size}\n".encode())
+    return {"root": str(root.resolve()), "files": len(files), "bytes": total, "sha256": h.hexdigest()}
+
+
+def resolve_anchor(corpus: Corpus, cfg: dict, opts: BuildOptions) -> str:
+    """The anchor rule of a build: FSD clips start at 0 (tiled); AudioSet per ``--anchor``.
+
+    ``sed`` is the default when a SED checkpoint is given (the paper's rule), else the TOML's.
+    """
+    if corpus.name != "audioset":
+        if opts.anchor not in (None, "start"):
+            raise ConfigError(f"--anchor applies to AudioSet only; {corpus.title} segments start at 0 s")
+        return "start"
+    anchor = opts.anchor or ("sed" if opts.sed_checkpoint else cfg.get("anchor", "energy"))
+    if anchor not in ANCHOR_MODES:
+        raise ConfigError(f"--anchor {anchor!r}: choose one of {', '.join(ANCHOR_MODES)}")
+    if anchor == "sed" and not opts.sed_checkpoint:
+        raise ConfigError("--anchor sed needs --sed-checkpoint PTH (a Cnn14_DecisionLevelMax checkpoint)")
+    return anchor
+
+
+def plan_build(corpus: Corpus, cfg: dict, opts: BuildOptions) -> Plan:
+    """Plan the items of ``opts.dataset`` / ``opts.split`` (see the module docstring)."""
+    corpus.check()
+    corpus.check_split(opts.split)
+    if corpus.kind == "clips":
+        return plan_clips(corpus, corpus.clips(opts.split), cfg, opts)
+    tracks = corpus.tracks(opts.split)
+    if cfg.get("virtual"):
+        return plan_virtual(corpus, tracks, cfg, opts)
+    return plan_slakh(corpus, tracks, cfg, opts)
+
+
+def build_mixtures(root: str | Path, workdir: str | Path, opts: BuildOptions,
+                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Build (or rebuild) ``<workdir>/mixtures/<dataset>/<split>/`` and return its ``build.json``.
+
+    Args:
+        root: the corpus root (its own layout).
+        workdir: the harness work folder.
+        opts: dataset, split, seed, items per class, anchor mode, jobs.
+        progress: called as ``progress(done, total)`` while rendering.
+
+    Raises:
+        LayoutError, MetadataError, AudioError: bad corpus input (the message names the file).
+        ConfigError: bad options.
+        UssBenchError: the plan has no item (e.g. fewer than two classes).
+    """
+    t0 = time.perf_counter()
+    cfg = load_dataset_config(opts.dataset)
+    corpus = get_corpus(opts.dataset, root)
+    anchor = resolve_anchor(corpus, cfg, opts)
+    plan = plan_build(corpus, cfg, opts)
+    if not plan.specs:
+        raise UssBenchError(
+            f"{corpus.title} split {opts.split!r} under {corpus.root} gives no evaluation item "
+            f"(classes: {json.dumps(plan.classes)}); it needs at least two classes with audio"
+        )
+    root = corpus.root
+    virtual = bool(cfg.get("virtual"))
+    rows: list[dict[str, Any]] = []
+    out_dir = set_dir(workdir, opts.dataset, opts.split)
+    with atomic_dir(out_dir) as tmp:
+        if virtual:
+            rows = _virtual_rows(plan.specs, cfg, opts.jobs, progress)
+        else:
+            rows = _render_to_h5(plan.specs, corpus, cfg, anchor, opts, tmp / "mixtures.h5", progress)
+        manifest = _manifest(plan.specs, rows, opts, cfg, root)
+        manifest.to_parquet(tmp / "manifest.parquet", index=False, engine="pyarrow")
+        refs = [s.target for s in plan.specs] + [s.interferer for s in plan.specs if s.interferer] + \
+            [s.mixture for s in plan.specs if s.mixture]
+        build = {
+            "protocol": PROTOCOL,
+            "protocol_version": PROTOCOL_VERSION,
+            "dataset": opts.dataset,
+            "split": opts.split,
+            "seed": plan_seed(cfg, opts),
+            "virtual": virtual,
+            "options": {"per_class": opts.per_class or cfg.get("items_per_class"), "anchor": anchor,
+                        "sed_checkpoint": opts.sed_checkpoint},
+            "declaration": cfg,
+            "corpus": _fingerprint(refs, root),
+            "counts": {"items": len(manifest), "classes": sum(1 for c in plan.classes.values() if c.get("items")),
+                       "per_class": plan.classes, "notes": plan.notes},
+            "digest": items_digest(manifest),
+            "harness_version": harness.__version__,
+            "jobs": opts.jobs,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        (tmp / "build.json").write_text(json.dumps(build, indent=2, sort_keys=True, default=str) + "\n")
+    return build
+
+
+def _render_to_h5(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor: str, opts: BuildOptions,
+                  path: Path, progress: Callable | None) -> list[dict[str, Any]]:
+    """Render fixed-length items in parallel and stream them into ``mixtures.h5`` in spec order."""
+    seg = int(round(cfg["sample_rate"] * cfg["segment_seconds"]))
+    n = len(specs)
+    batch = 16
+    batches = [specs[i: i + batch] for i in range(0, n, batch)]
+    rows: list[dict[str, Any]] = []
+    with h5py.File(path, "w") as h5:
+        h5.attrs["sample_rate"] = cfg["sample_rate"]
+        mix = h5.create_dataset("mixture", shape=(n, seg), dtype="float32", chunks=(1, seg))
+        tgt = h5.create_dataset("target", shape=(n, seg), dtype="float32", chunks=(1, seg))
+        results = Parallel(n_jobs=opts.jobs, return_as="generator")(
+            delayed(_render_batch)(b, corpus, cfg, anchor, opts.sed_checkpoint) for b in batches
+        )
+        for out in results:
+            for r in out:
+                i = len(rows)
+                mix[i] = r.pop("mixture")
+                tgt[i] = r.pop("target")
+                rows.append(r)
+            if progress:
+                progress(len(rows), n)
+    return rows
+
+
+def _virtual_row(spec: ItemSpec, sr: int) -> dict[str, Any]:
+    info = audio_info(spec.mixture.path)
+    return {
+        "num_samples": int(math.ceil(info.frames * sr / info.samplerate)),
+        "sha256_mixture": file_sha256(resolve_audio_path(spec.mixture.path)),
+        "sha256_target": file_sha256(resolve_audio_path(spec.target.path)),
+    }
+
+
+def _virtual_rows(specs: list[ItemSpec], cfg: dict, jobs: int, progress: Callable | None) -> list[dict]:
+    """Rows of virtual items: length at 32 kHz and the sha256 of the corpus files' bytes."""
+    rows = Parallel(n_jobs=jobs)(delayed(_virtual_row)(s, cfg["sample_rate"]) for s in specs)
+    if progress:
+        progress(len(rows), len(rows))
+    return rows
+
+
+def _manifest(specs: list[ItemSpec], rows: list[dict], opts: BuildOptions, cfg: dict, root: Path) -> pd.DataFrame:
+    records = []
+    for spec, row in zip(specs, rows, strict=True):
+        records.append({
+            "item_id": spec.item_id, "dataset": opts.dataset, "split": opts.split,
+            "class_id": spec.class_id, "label": spec.label, "source_id": spec.source_id,
+            "mixture_file": _rel(spec.mixture, root), "target_file": _rel(spec.target, root),
+            "target_onset_s": row.get("target_onset_s"),
+            "interferer_file": _rel(spec.interferer, root), "interferer_label": spec.interferer_label,
+            "interferer_onset_s": row.get("interferer_onset_s"), "interferer_gain": row.get("interferer_gain"),
+            "sample_rate": cfg["sample_rate"], "num_samples": row["num_samples"],
+            "sha256_mixture": row["sha256_mixture"], "sha256_target": row["sha256_target"],
+        })
+    df = pd.DataFrame.from_records(records, columns=list(MANIFEST_COLUMNS))
+    for col in ("target_onset_s", "interferer_onset_s", "interferer_gain"):
+        df[col] = df[col].astype("float64")
+    return df
+
+
+def verify_build(root: str | Path, workdir: str | Path, opts: BuildOptions) -> list[str]:
+    """Rebuild a set into a temporary workdir and compare it with the existing one.
+
+    Returns:
+        the differences (empty when the digests and every item hash agree).
+
+    Raises:
+        UssBenchError: no existing set to verify.
+    """
+    import tempfile
+
+    existing = open_set(workdir, opts.dataset, opts.split)
+    with tempfile.TemporaryDirectory(prefix="uss-bench-verify-") as tmp:
+        fresh_build = build_mixtures(root, tmp, opts)
+        fresh = open_set(tmp, opts.dataset, opts.split)
+        problems = []
+        if fresh_build["digest"] != existing.build["digest"]:
+            problems.append(f"digest {existing.build['digest'][:16]}… ≠ rebuilt {fresh_build['digest'][:16]}…")
+        a = existing.manifest.set_index("item_id")
+        b = fresh.manifest.set_index("item_id")
+        for item in sorted(set(a.index) ^ set(b.index)):
+            problems.append(f"{item}: present in only one of the builds")
+        for item in sorted(set(a.index) & set(b.index)):
+            for col in ("sha256_mixture", "sha256_target"):
+                if a.at[item, col] != b.at[item, col]:
+                    problems.append(f"{item}: {col} differs")
+        return problems
+
+
+def spec_dict(spec: ItemSpec) -> dict[str, Any]:
+    """A JSON-able view of a spec (for debugging and tests)."""
+    return {k: (v.key() if isinstance(v, AudioRef) else v) for k, v in asdict(spec).items()}
