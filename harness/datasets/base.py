@@ -180,7 +180,7 @@ def resolve_root(dataset: str, root: str | Path | None = None, config: str | Pat
     if root is None:
         raise ConfigError(
             f"no root for {dataset}: pass --root DIR, set USS_BENCH_{env_name(dataset)}_ROOT, "
-            f"or add `{dataset} = \"DIR\"` under [roots] in uss-bench.toml"
+            f'or add `{dataset} = "DIR"` under [roots] in uss-bench.toml'
         )
     path = Path(root).expanduser()
     if not path.is_dir():

@@ -28,10 +28,23 @@ import pandas as pd
 from harness.errors import UssBenchError
 
 MANIFEST_COLUMNS = (
-    "item_id", "dataset", "split", "class_id", "label", "source_id",
-    "mixture_file", "target_file", "target_onset_s",
-    "interferer_file", "interferer_label", "interferer_onset_s", "interferer_gain",
-    "sample_rate", "num_samples", "sha256_mixture", "sha256_target",
+    "item_id",
+    "dataset",
+    "split",
+    "class_id",
+    "label",
+    "source_id",
+    "mixture_file",
+    "target_file",
+    "target_onset_s",
+    "interferer_file",
+    "interferer_label",
+    "interferer_onset_s",
+    "interferer_gain",
+    "sample_rate",
+    "num_samples",
+    "sha256_mixture",
+    "sha256_target",
 )
 """Manifest columns; those that do not apply to a dataset are null (e.g. ``interferer_*`` for Slakh)."""
 
@@ -63,8 +76,9 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 def items_digest(manifest: pd.DataFrame) -> str:
     """One sha256 over all items' hashes, in manifest order: ``item_id``, mixture and target hash."""
     h = hashlib.sha256()
-    for item_id, sm, st in zip(manifest["item_id"], manifest["sha256_mixture"], manifest["sha256_target"],
-                               strict=True):
+    for item_id, sm, st in zip(
+        manifest["item_id"], manifest["sha256_mixture"], manifest["sha256_target"], strict=True
+    ):
         h.update(f"{item_id}\0{sm}\0{st}\n".encode())
     return h.hexdigest()
 
