@@ -22,8 +22,9 @@ from harness.errors import UssBenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="uss-bench: evaluate universal source separation on six corpora (Kong, Chen et al. 2023).")
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+_WIDTH = None if sys.stdout.isatty() else 160  # logs (CI) get whole table rows, not 80-column cuts
+console = Console(soft_wrap=True, width=_WIDTH)
+err = Console(stderr=True, soft_wrap=True, width=_WIDTH)
 
 WorkdirOpt = Annotated[Path | None, typer.Option("--workdir", help="work folder [env USS_BENCH_WORKDIR, ./uss-bench-work]")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]

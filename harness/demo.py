@@ -42,7 +42,7 @@ def run_demo(out: Path, workdir: Path | None = None, jobs: int = 1, quiet: bool 
             build = build_mixtures(DEMO_ROOT / DEMO_FOLDERS[dataset], wd, BuildOptions(dataset=dataset, jobs=jobs))
             console.print(f"built {dataset}: {build['counts']['items']} items, {build['counts']['classes']} classes")
         frames = []
-        for name, make in BASELINES.items():
+        for make in BASELINES.values():
             system = make()
             run_dir = out / "runs" / system.name.replace(":", "-")
             run_eval(system, EvalOptions(datasets=list(DATASET_NAMES), workdir=wd, out=run_dir, jobs=jobs))

@@ -31,7 +31,7 @@ from joblib import Parallel, delayed
 
 import harness
 from harness import metrics
-from harness.audio import AudioRef
+from harness.audio import AudioRef, resample
 from harness.config import REPO_ROOT, load_dataset_config
 from harness.datasets import get_corpus
 from harness.datasets.store import EvalSet, atomic_write_parquet, atomic_write_text, built_datasets, open_set
@@ -169,13 +169,13 @@ def score(ref: np.ndarray, est: np.ndarray, mix: np.ndarray, dataset_cfg: dict) 
         out["musdb_sdr"] = metrics.musdb_sdr(ref, est, sr)
         out["musdb_sdri"] = out["musdb_sdr"] - metrics.musdb_sdr(ref, mix, sr)
     if "pesq" in wanted:
-        try:
-            out["pesq"] = metrics.pesq_wb(ref, est, sr)
-        except metrics.MetricError as exc:
-            out["status"] = exc.status
+        out["pesq"], pesq_status = metrics.pesq_wb_status(ref, est, sr)
+        if pesq_status != "ok":
+            out["status"] = pesq_status
             return out
     if "ssnr" in wanted:
-        out["ssnr"] = metrics.ssnr(ref, est, sr)
+        speech_sr = dataset_cfg.get("metric_sample_rate", sr)
+        out["ssnr"] = metrics.ssnr(resample(ref, sr, speech_sr), resample(est, sr, speech_sr), speech_sr)
     out["status"] = "ok" if all(np.isfinite(out[c]) for c in ("sdr", "sdri")) else "metric_nonfinite"
     return out
 

@@ -534,6 +534,8 @@ def verify_build(root: str | Path, workdir: str | Path, opts: BuildOptions) -> l
         problems = []
         if fresh_build["digest"] != existing.build["digest"]:
             problems.append(f"digest {existing.build['digest'][:16]}… ≠ rebuilt {fresh_build['digest'][:16]}…")
+        if not existing.virtual:
+            problems += _rehash_rows(existing)
         a = existing.manifest.set_index("item_id")
         b = fresh.manifest.set_index("item_id")
         for item in sorted(set(a.index) ^ set(b.index)):
@@ -543,6 +545,18 @@ def verify_build(root: str | Path, workdir: str | Path, opts: BuildOptions) -> l
                 if a.at[item, col] != b.at[item, col]:
                     problems.append(f"{item}: {col} differs")
         return problems
+
+
+def _rehash_rows(evalset) -> list[str]:
+    """Items of an existing set whose stored audio no longer matches its manifest hashes."""
+    problems = []
+    with h5py.File(evalset.path / "mixtures.h5", "r") as h5:
+        for i, item in enumerate(evalset.manifest.itertuples()):
+            if array_sha256(h5["mixture"][i]) != item.sha256_mixture:
+                problems.append(f"{item.item_id}: stored mixture does not match its manifest hash")
+            if array_sha256(h5["target"][i]) != item.sha256_target:
+                problems.append(f"{item.item_id}: stored target does not match its manifest hash")
+    return problems
 
 
 def spec_dict(spec: ItemSpec) -> dict[str, Any]:

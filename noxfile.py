@@ -1,0 +1,51 @@
+"""Sessions: ``tests`` (default), ``lint``, ``demo``. Each installs the pinned set of constraints.txt."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+CONSTRAINTS = "constraints.txt"
+
+
+def _install(session: nox.Session) -> None:
+    session.install("-c", CONSTRAINTS, "-e", ".[test]")
+
+
+def _ensure_ffmpeg(session: nox.Session) -> None:
+    """museval imports stempeg, which needs ffmpeg/ffprobe on PATH (Debian package ffmpeg)."""
+    if shutil.which("ffmpeg") and shutil.which("ffprobe"):
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", "-qq", external=True, env=env)
+        session.run("apt-get", "install", "-y", "-qq", "ffmpeg", external=True, env=env)
+    else:
+        session.warn("ffmpeg/ffprobe not on PATH: install Debian's ffmpeg, or the museval tests cannot run")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (slow tests too with ``nox -s tests -- --slow``)."""
+    _ensure_ffmpeg(session)
+    _install(session)
+    session.run("pytest", *session.posargs, env={"OMP_NUM_THREADS": "2"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the code."""
+    session.install("-c", CONSTRAINTS, "ruff")
+    session.run("ruff", "check", "harness", "tests", "noxfile.py")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job on the embedded demo corpora: ``uss-bench demo`` (pass ``-- --out DIR``)."""
+    _install(session)
+    session.run("uss-bench", "demo", *session.posargs)
