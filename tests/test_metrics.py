@@ -1,0 +1,465 @@
+"""Tests of harness.metrics against values computed independently of it.
+
+Oracles: the upstream SDR values in ``reference/public/sdr.npz``; numbers derived by hand in the
+tests; museval 0.4 (BSSEval v4) on real MUSDB-layout excerpts from ``data/dev``; the ``pesq`` package
+called directly; the MATLAB reference values of ``data/meta/speech_metrics/README.md`` (Loizou
+``comp_snr`` for SSNR, ITU-T P.862.2 for PESQ).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import soundfile
+
+from harness import metrics as M
+
+# MATLAB reference values, data/meta/speech_metrics/README.md (degraded scored against 1_speech).
+MATLAB_SSNR = {"noisy": -0.2168617488195842, "processed": -1.203370519849324}
+MATLAB_PESQ_WB = {"noisy": 1.162418139243076, "processed": 1.059470549259627}
+
+MUSDB_LATE_TRACK = "Freedoom - Track90005 (uss-bench composite)"  # bass starts at 5.17 s
+MUSDB_SHORT_TRACK = "Music Delta - 80s Rock"  # 6.80 s: 6 whole 1-s frames + a 0.80-s tail
+
+
+def _alternating(n: int, pattern, amp: float = 1.0, dtype=np.float32) -> np.ndarray:
+    return (amp * np.resize(np.asarray(pattern, dtype=np.float64), n)).astype(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# SDR / SDRi
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sdr_npz(reference_dir):
+    return np.load(reference_dir / "public" / "sdr.npz")
+
+
+def test_sdr_matches_upstream_reference_values(sdr_npz):
+    refs, ests, expected = sdr_npz["sdr_ref"], sdr_npz["sdr_est"], sdr_npz["sdr"]
+    assert refs.dtype == np.float32 and expected.shape == (4,)
+    got = np.array([M.sdr(r, e) for r, e in zip(refs, ests, strict=True)])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    # README: the all-zero estimate (row 2) is exactly 0 dB; row 3 has an all-zero reference.
+    assert not ests[2].any() and M.sdr(refs[2], ests[2]) == 0.0
+    assert not refs[3].any() and got[3] == pytest.approx(-59.968785, abs=1e-6)
+    np.testing.assert_allclose(M.sdr_batch(refs, ests), expected, rtol=0, atol=1e-6)
+
+
+def test_sdr_hand_worked():
+    n = 16000
+    ref = _alternating(n, [1, -1])  # mean(s^2) = 1
+    noise = _alternating(n, [1, 1, -1, -1], amp=0.125)  # mean(n^2) = 1/64, all exact in float32
+    est = ref + noise
+    assert M.sdr(ref, est) == pytest.approx(10 * math.log10(64.0), abs=1e-9)  # 18.0618 dB
+    assert isinstance(M.sdr(ref, est), float)
+    # upstream floors: est == ref -> 10 log10(mean(s^2) / 1e-10); silent ref -> 10 log10(1e-10 / mean(n^2))
+    half = _alternating(n, [0.5, -0.5])
+    assert M.sdr(half, half) == pytest.approx(10 * math.log10(0.25 / 1e-10), abs=1e-9)  # 93.98 dB
+    assert M.sdr(np.zeros(n, np.float32), noise) == pytest.approx(10 * math.log10(1e-10 * 64), abs=1e-9)
+    # all-zero estimate: exactly 0 dB
+    assert M.sdr(ref, np.zeros(n)) == 0.0
+
+
+def test_sdr_casts_to_float32_like_the_upstream():
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal(8000)
+    est = ref + 0.3 * rng.standard_normal(8000)
+    r32, e32 = ref.astype(np.float32), est.astype(np.float32)
+    expected = 10 * np.log10(float(np.mean(r32**2)) / float(np.mean((e32 - r32) ** 2)))
+    assert M.sdr(ref, est) == expected
+    # and it is the plain SNR within float32 precision
+    snr64 = 10 * np.log10(np.sum(ref**2) / np.sum((est - ref) ** 2))
+    assert M.sdr(ref, est) == pytest.approx(snr64, abs=1e-5)
+
+
+def test_sdri_hand_worked_and_est_equal_mix_is_zero():
+    n = 16000
+    ref = _alternating(n, [1, -1])
+    interferer = _alternating(n, [1, 1, -1, -1])  # power 1 -> mixture SDR = 0 dB
+    mix = ref + interferer
+    est = ref + 0.125 * interferer  # 18.0618 dB
+    assert M.sdr(ref, mix) == pytest.approx(0.0, abs=1e-9)
+    assert M.sdri(ref, est, mix) == pytest.approx(10 * math.log10(64.0), abs=1e-9)
+    assert M.sdri(ref, mix, mix) == 0.0
+    rng = np.random.default_rng(0)
+    r, m = rng.standard_normal((2, 4000)).astype(np.float32)
+    assert M.sdri(r, m, m) == 0.0
+
+
+def test_sdr_batch_equals_rowwise():
+    rng = np.random.default_rng(7)
+    refs = rng.standard_normal((5, 3000)).astype(np.float32)
+    ests = refs + rng.uniform(0.01, 3.0, (5, 1)).astype(np.float32) * rng.standard_normal((5, 3000)).astype(
+        np.float32
+    )
+    ests[4] = 0.0
+    batch = M.sdr_batch(refs, ests)
+    assert batch.dtype == np.float64 and batch.shape == (5,)
+    np.testing.assert_array_equal(batch, [M.sdr(r, e) for r, e in zip(refs, ests, strict=True)])
+    assert batch[4] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# SI-SDR
+# ---------------------------------------------------------------------------------------------
+
+
+def test_si_sdr_hand_worked():
+    n = 16000  # multiple of 4, so s and n below are orthogonal
+    s = _alternating(n, [1, -1], dtype=np.float64)  # ||s||^2 = n
+    noise = _alternating(n, [1, 1, -1, -1], amp=0.5, dtype=np.float64)  # ||n||^2 = n/4, <s,n> = 0
+    est = 2.0 * s + noise
+    # alpha = <2s+n, s>/||s||^2 = 2; target = 2s; error = -n -> 10 log10(4n / (n/4)) = 10 log10(16)
+    assert M.si_sdr(s, est) == pytest.approx(10 * math.log10(16.0), abs=1e-9)  # 12.041 dB
+    # plain SDR of the same pair: error est - s = s + n, power 1.25 -> 10 log10(1/1.25)
+    assert M.sdr(s, est) == pytest.approx(10 * math.log10(1 / 1.25), abs=1e-6)  # -0.969 dB
+    # scale invariance in the estimate
+    assert M.si_sdr(s, -3.7 * est) == pytest.approx(M.si_sdr(s, est), abs=1e-9)
+    # SI-SDRi: mix = s + 2n -> alpha = 1, 10 log10(n / n) = 0 dB
+    mix = s + 2.0 * noise
+    assert M.si_sdr(s, mix) == pytest.approx(0.0, abs=1e-9)
+    assert M.si_sdri(s, est, mix) == pytest.approx(10 * math.log10(16.0), abs=1e-9)
+    assert M.si_sdri(s, mix, mix) == 0.0
+
+
+def test_si_sdr_undefined_cases():
+    s = _alternating(400, [1, -1], dtype=np.float64)
+    with np.errstate(all="raise"):  # no warnings leak out
+        assert math.isnan(M.si_sdr(np.zeros(400), s))  # silent reference
+        assert math.isnan(M.si_sdr(s, np.zeros(400)))  # silent estimate: 0/0
+        assert M.si_sdr(s, 0.5 * s) == math.inf  # exact scaled copy
+
+
+def test_si_sdr_batch_equals_rowwise():
+    rng = np.random.default_rng(11)
+    refs = rng.standard_normal((4, 2500))
+    ests = 0.7 * refs + rng.uniform(0.05, 2.0, (4, 1)) * rng.standard_normal((4, 2500))
+    batch = M.si_sdr_batch(refs, ests)
+    assert batch.shape == (4,) and batch.dtype == np.float64
+    np.testing.assert_allclose(
+        batch, [M.si_sdr(r, e) for r, e in zip(refs, ests, strict=True)], rtol=0, atol=1e-10
+    )
+    # independent closed form with the projection written out
+    r, e = refs[0], ests[0]
+    proj = (e @ r) / (r @ r) * r
+    assert batch[0] == pytest.approx(10 * np.log10((proj @ proj) / ((e - proj) @ (e - proj))), abs=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------
+# input validation and check_signals
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [M.sdr, M.si_sdr, lambda r, e: M.ssnr(r, e, 16000), lambda r, e: M.pesq_wb(r, e, 16000)],
+    ids=["sdr", "si_sdr", "ssnr", "pesq_wb"],
+)
+def test_bad_shapes_raise(fn):
+    with pytest.raises(ValueError, match=r"ref 16000 samples and est 15999 samples"):
+        fn(np.ones(16000), np.ones(15999))
+    with pytest.raises(ValueError, match=r"1-D.*\(2, 16000\)"):
+        fn(np.ones((2, 16000)), np.ones((2, 16000)))
+    with pytest.raises(ValueError, match="empty"):
+        fn(np.ones(0), np.ones(0))
+
+
+def test_bad_shapes_raise_other_functions():
+    with pytest.raises(ValueError, match=r"ref 100 samples and mix 99 samples"):
+        M.sdri(np.ones(100), np.ones(100), np.ones(99))
+    with pytest.raises(ValueError, match=r"ref 100 samples and mix 99 samples"):
+        M.si_sdri(np.ones(100), np.ones(100), np.ones(99))
+    with pytest.raises(ValueError, match=r"same shape.*\(3, 10\).*\(3, 11\)"):
+        M.sdr_batch(np.ones((3, 10)), np.ones((3, 11)))
+    with pytest.raises(ValueError, match="2-D"):
+        M.si_sdr_batch(np.ones(10), np.ones(10))
+    with pytest.raises(ValueError, match="same shape"):
+        M.musdb_sdr(np.ones((100, 2)), np.ones((100, 1)), 44100)
+    with pytest.raises(ValueError, match="samples, channels"):
+        M.musdb_sdr(np.ones((1, 100, 2)), np.ones((1, 100, 2)), 44100)
+    with pytest.raises(ValueError, match="sample_rate"):
+        M.musdb_sdr(np.ones(100), np.ones(100), 44100.5)
+    with pytest.raises(ValueError, match="too short"):
+        M.ssnr(np.ones(599), np.ones(599), 16000)  # needs 480 + 120 samples
+    assert math.isfinite(M.ssnr(np.ones(600), np.ones(600), 16000))
+
+
+def test_check_signals_statuses():
+    s = _alternating(1000, [0.5, -0.5])
+    assert M.check_signals(s, 0.5 * s) == "ok"
+    assert M.check_signals(s, np.zeros(1000)) == "ok"  # a silent estimate is a legitimate 0 dB
+    assert M.check_signals(s, s[:-1]) == "length_mismatch"
+    bad = s.copy()
+    bad[7] = np.nan
+    assert M.check_signals(bad, s) == "ref_nonfinite"
+    assert M.check_signals(s, bad) == "est_nonfinite"
+    bad[7] = -np.inf
+    assert M.check_signals(s, bad) == "est_nonfinite"
+    assert M.check_signals(np.zeros(1000), s) == "ref_silent"
+    quiet = np.zeros(1000)
+    quiet[3] = 2.0**-25  # below SILENCE_PEAK (float residue)
+    assert M.check_signals(quiet, s) == "ref_silent"
+    quiet[3] = 1 / 32768  # one LSB of 16-bit PCM is a signal
+    assert M.check_signals(quiet, s) == "ok"
+    assert M.check_signals(np.zeros(0), np.zeros(0)) == "ref_silent"
+    assert set(M.SIGNAL_STATUSES) == {"ok", "ref_silent", "est_nonfinite", "ref_nonfinite", "length_mismatch"}
+
+
+# ---------------------------------------------------------------------------------------------
+# MUSDB SDR vs museval
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def museval_mod():
+    try:
+        import museval
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("museval is not installed (it is the test oracle for musdb_sdr)")
+        pytest.skip("museval is not installed")
+    except Exception as exc:  # stempeg raises at import time without ffmpeg/ffprobe on PATH
+        msg = f"import museval failed ({type(exc).__name__}: {exc}); install ffmpeg (Debian package 'ffmpeg')"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return museval
+
+
+def _museval_frames(museval, ref: np.ndarray, est: np.ndarray, sr: int) -> np.ndarray:
+    """museval's framewise v4 SDR of one source image, as SiSEC/MUSDB call it (1-s window and hop)."""
+    r = ref[:, None] if ref.ndim == 1 else ref
+    e = est[:, None] if est.ndim == 1 else est
+    sdr, _isr, _sir, _sar = museval.evaluate(r[None], e[None], win=sr, hop=sr, mode="v4")
+    assert sdr.shape[0] == 1
+    return sdr[0]
+
+
+def _assert_same_frames(ours: np.ndarray, theirs: np.ndarray, tol: float = 1e-6) -> float:
+    assert ours.shape == theirs.shape
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+    keep = ~np.isnan(theirs)
+    diff = float(np.max(np.abs(ours[keep] - theirs[keep])))
+    assert diff <= tol
+    return diff
+
+
+def _read_stems(dev_data, track: str, stem: str):
+    folder = dev_data / "musdb18hq" / "test" / track
+    ref, sr = soundfile.read(folder / f"{stem}.flac")
+    mix, sr_mix = soundfile.read(folder / "mixture.flac")
+    assert sr == sr_mix == 44100 and ref.shape == mix.shape and ref.ndim == 2
+    return ref, mix, sr
+
+
+def _estimates(ref: np.ndarray, mix: np.ndarray) -> dict[str, np.ndarray]:
+    # the mixture (the "no separation" baseline) and a plausible separated estimate: leakage + delay
+    return {"mixture": mix, "leaky": 0.9 * ref + 0.05 * np.roll(mix, 3, axis=0)}
+
+
+@pytest.mark.parametrize("channels", ["mono", "stereo"])
+def test_musdb_sdr_matches_museval_with_late_start(museval_mod, dev_data, channels):
+    ref, mix, sr = _read_stems(dev_data, MUSDB_LATE_TRACK, "bass")
+    if channels == "mono":
+        ref, mix = ref.mean(axis=1), mix.mean(axis=1)
+    estimates = _estimates(ref, mix)
+    if channels == "stereo":  # museval takes ~4 s per 12-s stereo call: one estimate is enough here
+        estimates = {"leaky": estimates["leaky"]}
+    for name, est in estimates.items():
+        ours = M.musdb_sdr_frames(ref, est, sr)
+        theirs = _museval_frames(museval_mod, ref, est, sr)
+        assert ours.shape == (12,), name
+        # the bass starts at 5.17 s: frames 0-4 have a silent reference and are skipped (NaN)
+        assert np.isnan(ours[:5]).all() and np.isfinite(ours[5:]).all(), name
+        _assert_same_frames(ours, theirs)
+        assert M.musdb_sdr(ref, est, sr) == pytest.approx(float(np.nanmedian(theirs)), abs=1e-6)
+        assert M.musdb_sdr(ref, est, sr) == pytest.approx(float(np.median(ours[5:])), abs=1e-12)
+
+
+def test_musdb_sdr_drops_partial_window_like_museval(museval_mod, dev_data):
+    ref, mix, sr = _read_stems(dev_data, MUSDB_SHORT_TRACK, "bass")
+    assert ref.shape[0] == 300032  # 6.80 s
+    for est in _estimates(ref, mix).values():
+        ours = M.musdb_sdr_frames(ref, est, sr)
+        theirs = _museval_frames(museval_mod, ref, est, sr)
+        assert ours.shape == theirs.shape == (6,)  # the 0.80-s tail is not a frame
+        _assert_same_frames(ours, theirs)
+        assert M.musdb_sdr(ref, est, sr) == pytest.approx(float(np.nanmedian(theirs)), abs=1e-6)
+    # ruin only the tail: the score must not move
+    est = 0.9 * ref
+    ruined = est.copy()
+    ruined[6 * sr :] = -10.0 * ref[6 * sr :]
+    assert M.musdb_sdr(ref, ruined, sr) == M.musdb_sdr(ref, est, sr)
+
+
+def test_musdb_sdr_hand_worked_frames_and_edge_cases(museval_mod):
+    sr = 8000
+    rng = np.random.default_rng(5)
+    ref = rng.standard_normal(int(3.5 * sr))
+    gains = [0.1, 0.01, 0.5]  # frame-wise error amplitude -> SNR = -20 log10(g) for unit-variance noise
+    noise = rng.standard_normal(ref.shape)
+    est = ref.copy()
+    for k, g in enumerate(gains):
+        est[k * sr : (k + 1) * sr] += g * noise[k * sr : (k + 1) * sr]
+    est[3 * sr :] = 0.0  # the partial tail
+    expected = [
+        10
+        * np.log10(np.sum(ref[k * sr : (k + 1) * sr] ** 2) / np.sum((g * noise[k * sr : (k + 1) * sr]) ** 2))
+        for k, g in enumerate(gains)
+    ]
+    ours = M.musdb_sdr_frames(ref, est, sr)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-10)
+    assert M.musdb_sdr(ref, est, sr) == pytest.approx(float(np.median(expected)), abs=1e-10)
+    _assert_same_frames(ours, _museval_frames(museval_mod, ref, est, sr))
+
+    # an all-zero estimate frame is skipped too (museval checks estimates for silence as well)
+    est2 = est.copy()
+    est2[sr : 2 * sr] = 0.0
+    ours2 = M.musdb_sdr_frames(ref, est2, sr)
+    assert np.isnan(ours2[1]) and np.isfinite(ours2[[0, 2]]).all()
+    _assert_same_frames(ours2, _museval_frames(museval_mod, ref, est2, sr))
+
+    # a signal shorter than one window: museval scores a single frame over the whole signal
+    short_ref, short_est = ref[: int(0.6 * sr)], est[: int(0.6 * sr)]
+    ours3 = M.musdb_sdr_frames(short_ref, short_est, sr)
+    assert ours3.shape == (1,) and ours3[0] == pytest.approx(20.0, abs=0.5)
+    _assert_same_frames(ours3, _museval_frames(museval_mod, short_ref, short_est, sr))
+
+    # all frames skipped -> NaN (museval raises ValueError on an all-zero reference instead)
+    assert math.isnan(M.musdb_sdr(np.zeros(2 * sr), est[: 2 * sr], sr))
+    assert M.musdb_sdr_frames(ref, ref, sr)[0] == math.inf
+
+
+# ---------------------------------------------------------------------------------------------
+# PESQ and SSNR vs the MATLAB references
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def speech_case(meta_dir):
+    folder = meta_dir / "speech_metrics"
+    clean, sr = soundfile.read(folder / "1_speech_16000_Hz.wav")
+    noisy, sr_n = soundfile.read(folder / "1_noisySpeech_16000_Hz.wav")
+    processed, sr_p = soundfile.read(folder / "1_processed_16000_Hz.wav")
+    assert sr == sr_n == sr_p == 16000 and clean.shape == noisy.shape == processed.shape == (159680,)
+    return {"clean": clean, "noisy": noisy, "processed": processed, "sr": sr}
+
+
+@pytest.mark.parametrize("which", ["noisy", "processed"])
+def test_ssnr_matches_matlab_reference(speech_case, which):
+    got = M.ssnr(speech_case["clean"], speech_case[which], speech_case["sr"])
+    assert got == pytest.approx(MATLAB_SSNR[which], abs=1e-12)  # measured: <= 3.4e-16 dB
+
+
+def test_ssnr_hand_worked():
+    sr = 16000
+    t = np.arange(sr) / sr
+    s = np.sin(2 * np.pi * 440 * t) + 0.3 * np.sin(2 * np.pi * 1234 * t)
+    # est = 0.9 s -> error 0.1 s in every frame -> 10 log10(1 / 0.01) = 20 dB, window-independent
+    assert M.ssnr(s, 0.9 * s, sr) == pytest.approx(20.0, abs=1e-9)
+    assert M.ssnr(s, s, sr) == 35.0  # clipped at +35 dB
+    assert M.ssnr(s, -5.0 * s, sr) == -10.0  # 10 log10(1/36) = -15.6 dB, clipped at -10 dB
+    assert M.ssnr(s, np.zeros_like(s), sr) == pytest.approx(0.0, abs=1e-12)
+    # a silent reference frame scores -10 dB (log of 0, clipped). With 16000 samples there are
+    # floor(16000/120 - 4) = 129 frames; silencing the first 600 samples silences frames 0..1
+    # (frame k covers [120 k, 120 k + 480)), the other 127 stay at 20 dB.
+    s2 = s.copy()
+    s2[:600] = 0.0
+    assert M.ssnr(s2, 0.9 * s2, sr) == pytest.approx((2 * -10.0 + 127 * 20.0) / 129, abs=1e-9)
+
+
+@pytest.mark.parametrize("which", ["noisy", "processed"])
+def test_pesq_wb_matches_matlab_and_pesq_package(speech_case, which):
+    import pesq
+
+    clean, deg, sr = speech_case["clean"], speech_case[which], speech_case["sr"]
+    score, status = M.pesq_wb_status(clean, deg, sr)
+    assert status == "ok"
+    assert score == pytest.approx(MATLAB_PESQ_WB[which], abs=1e-6)  # measured: <= 2.6e-7 MOS
+    assert score == pesq.pesq(16000, clean, deg, "wb")
+    assert M.pesq_wb(clean, deg, sr) == score
+
+
+def test_pesq_wb_resamples_48k_like_soxr_hq(dev_data):
+    import pesq
+    import soxr
+
+    folder = dev_data / "voicebank-demand"
+    for clean_path in sorted((folder / "clean_testset_wav").glob("*.wav")):
+        clean, sr = soundfile.read(clean_path)
+        if sr != 48000:
+            continue
+        noisy, sr_n = soundfile.read(folder / "noisy_testset_wav" / clean_path.name)
+        assert sr_n == sr and noisy.shape == clean.shape
+        expected = pesq.pesq(
+            16000,
+            soxr.resample(clean, sr, 16000, quality="HQ"),
+            soxr.resample(noisy, sr, 16000, quality="HQ"),
+            "wb",
+        )
+        assert M.pesq_wb_status(clean, noisy, sr) == (pytest.approx(expected, abs=1e-9), "ok")
+        assert 1.0 <= expected <= 4.7
+        break
+    else:
+        pytest.fail("no 48-kHz VoiceBank-DEMAND pair in data/dev")
+
+
+def test_pesq_wb_resampled_reference_case_stays_close_to_matlab(speech_case):
+    import soxr
+
+    clean = soxr.resample(speech_case["clean"], 16000, 48000, quality="HQ")
+    noisy = soxr.resample(speech_case["noisy"], 16000, 48000, quality="HQ")
+    # 16 k -> 48 k -> 16 k round trip through soxr HQ: measured 9.6e-4 MOS away from the MATLAB value
+    assert M.pesq_wb(clean, noisy, 48000) == pytest.approx(MATLAB_PESQ_WB["noisy"], abs=5e-3)
+
+
+def test_pesq_wb_failures_are_nan_with_status(speech_case):
+    clean, noisy, sr = speech_case["clean"], speech_case["noisy"], speech_case["sr"]
+    zeros = np.zeros_like(clean)
+
+    def nan_with(status, ref, est):
+        score, got = M.pesq_wb_status(ref, est, sr)
+        assert got == status and math.isnan(score)
+        assert math.isnan(M.pesq_wb(ref, est, sr))
+
+    nan_with("pesq_est_silent", clean, zeros)  # pesq itself raises ValueError here
+    nan_with("ref_silent", zeros, noisy)  # pesq itself raises NoUtterancesError here
+    nan_with("ref_silent", zeros, zeros)
+    nan_with("pesq_too_short", clean[:3000], noisy[:3000])  # 0.19 s < 1/4 s
+    nan_with("pesq_too_short", clean[:10], noisy[:10])
+    nan_with("pesq_error", clean, 1e-30 * noisy)  # underflows inside pesq -> NaN -> ValueError
+    bad = noisy.copy()
+    bad[100] = np.inf
+    nan_with("est_nonfinite", clean, bad)
+    nan_with("ref_nonfinite", bad, clean)
+
+
+def test_pesq_wb_maps_every_pesq_exception(speech_case, monkeypatch):
+    import pesq
+
+    clean, noisy, sr = speech_case["clean"], speech_case["noisy"], speech_case["sr"]
+    cases = [
+        (pesq.NoUtterancesError(b"No utterances detected"), "pesq_no_utterances"),
+        (pesq.BufferTooShortError(b"too short"), "pesq_too_short"),
+        (pesq.OutOfMemoryError(b"oom"), "pesq_error"),
+        (pesq.PesqError(b"unknown"), "pesq_error"),
+        (ValueError("cannot convert float NaN to integer"), "pesq_error"),
+    ]
+    for exc, status in cases:
+
+        def boom(*args, exc=exc, **kwargs):
+            raise exc
+
+        monkeypatch.setattr(pesq, "pesq", boom)
+        score, got = M.pesq_wb_status(clean, noisy, sr)
+        assert got == status and math.isnan(score)
+    # NaN, or a negative error code returned as if it were a score, never gets through as a score
+    for bogus in (float("nan"), -7.0, -1.0):
+        monkeypatch.setattr(pesq, "pesq", lambda *a, bogus=bogus, **k: bogus)
+        score, got = M.pesq_wb_status(clean, noisy, sr)
+        assert got == "pesq_error" and math.isnan(score)
