@@ -176,6 +176,90 @@ def eval_cmd(
                   f"summary: {report.summary}")
 
 
+@app.command("embed-queries")
+def embed_queries_cmd(
+    dataset: Annotated[str, typer.Argument(help="dataset whose query split is embedded")],
+    checkpoint: Annotated[Path, typer.Option(help="separator checkpoint (its query net and condition type)")],
+    root: Annotated[Path | None, typer.Option(help="corpus root [env USS_BENCH_<NAME>_ROOT, uss-bench.toml]")] = None,
+    split: Annotated[str | None, typer.Option(help="query split [the TOML's query_split, train]")] = None,
+    workdir: WorkdirOpt = None,
+    batch_size: int = 8,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Average query embedding of every class over the training split (paper eq. 9)."""
+    from harness.datasets.base import resolve_root
+    from harness.queries import embed_queries, query_dir
+
+    corpus_root = resolve_root(dataset, root)
+    wd = _workdir(workdir)
+    with _progress(quiet) as update:
+        prov = embed_queries(dataset, checkpoint, corpus_root, wd, split=split, batch_size=batch_size,
+                             device=device, progress=lambda d, t: update(f"{dataset} queries", d, t))
+    console.print(f"{dataset}/{prov['split']}: {prov['classes']} class(es), {prov['condition_type']} "
+                  f"({prov['condition_size']}-d) → {query_dir(wd, dataset, prov['checkpoint_sha256'])}")
+    if prov["skipped_files"]:
+        console.print(f"  skipped {len(prov['skipped_files'])} silent file(s) (listed in queries.json)")
+
+
+@app.command("export-checkpoint")
+def export_checkpoint_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="USS Lightning .ckpt (or ours)")],
+    out: Annotated[Path, typer.Argument(help="output .safetensors")],
+    trust_pickle: Annotated[bool, typer.Option(
+        help="load CKPT with full unpickling: it can run code from the file; only for a file you trust")] = False,
+) -> None:
+    """Slim, safe copy: separator + query net (+ SED), no optimizer state; records the source sha256."""
+    from harness.models import export_checkpoint
+
+    if trust_pickle:
+        err.print(f"warning: unpickling {checkpoint} without weights_only; this runs any code the file holds")
+    meta = export_checkpoint(checkpoint, out, trust_pickle=trust_pickle)
+    console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {meta['condition_type']} "
+                  f"({meta['condition_size']}-d), source sha256 {meta['source_sha256'][:16]}…")
+
+
+@app.command()
+def separate(
+    audio: Annotated[Path, typer.Argument(help="recording to separate (any rate; read as 32 kHz mono)")],
+    checkpoint: Annotated[Path, typer.Option(help="separator checkpoint")],
+    out: Annotated[Path, typer.Option(help="output folder")],
+    levels: Annotated[list[int] | None, typer.Option("--levels", help="AudioSet ontology levels [1 2 3]")] = None,
+    class_ids: Annotated[list[int] | None, typer.Option("--class-ids", help="AudioSet class ids")] = None,
+    query_audio: Annotated[list[Path] | None, typer.Option("--query-audio", help="example clips of the target")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    batch_size: int = 8,
+) -> None:
+    """Separate a recording: by ontology level (Alg. 3), by class ids (Alg. 4), or by example clips (§3.4.3)."""
+    import harness
+    from harness.audio import read_audio
+    from harness.models import load_query_net, load_separator
+    from harness.ontology import separate_by_query_audio, separate_hierarchical, write_tracks
+
+    if sum(x is not None for x in (levels, class_ids, query_audio)) > 1:
+        raise UssBenchError("pass only one of --levels, --class-ids and --query-audio")
+    waveform = read_audio(audio, harness.SAMPLE_RATE)
+    separator = load_separator(checkpoint, device)
+    query_net = load_query_net(checkpoint, device)
+    if query_audio:
+        import soundfile
+
+        est = separate_by_query_audio(separator, query_net, waveform, list(query_audio), batch_size=batch_size)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{audio.stem}_query.wav"
+        tmp = path.with_name(f".{path.name}.tmp.wav")
+        soundfile.write(tmp, est, harness.SAMPLE_RATE, subtype="FLOAT")
+        tmp.replace(path)
+        console.print(f"wrote {path}")
+        return
+    tracks = separate_hierarchical(separator, query_net, waveform, levels=tuple(levels or (1, 2, 3)),
+                                   class_ids=class_ids, batch_size=batch_size)
+    paths = write_tracks(tracks, out)
+    console.print(f"{len(paths)} track(s) of active sound classes → {out}")
+    for p in paths:
+        console.print(f"  {p.relative_to(out)}")
+
+
 @app.command()
 def report(run: Annotated[Path, typer.Argument(help="run folder with items.parquet")]) -> None:
     """Re-render summary.md, per_class.md and the figure from items.parquet."""

@@ -61,6 +61,14 @@ class System(ABC):
         """Query conditions evaluated on ``dataset`` (``"none"`` for systems without a query)."""
         return ("none",)
 
+    def prepare(self, dataset: str) -> None:
+        """Load what evaluating ``dataset`` needs (e.g. its query set); raise UssBenchError if absent."""
+        return None
+
+    def unscorable(self, items: pd.DataFrame, condition: str) -> dict[str, str]:
+        """``{item_id: status}`` of the items this system cannot separate (e.g. no query for the class)."""
+        return {}
+
     @abstractmethod
     def separate(self, mixture: np.ndarray, target: np.ndarray, items: pd.DataFrame,
                  condition: str) -> np.ndarray:
@@ -189,8 +197,11 @@ def _score_many(refs, ests, mixes, cfg, jobs: int) -> list[dict[str, Any]]:
 def _rows(system: System, evalset: EvalSet, items: pd.DataFrame, condition: str,
           scored: list[dict[str, Any]], seconds: float, common: dict[str, Any]) -> list[dict[str, Any]]:
     per_item = seconds / max(len(items), 1)
+    unscorable = system.unscorable(items, condition)
     rows = []
     for (_, item), m in zip(items.iterrows(), scored, strict=True):
+        if item["item_id"] in unscorable:
+            m = {**{c: float("nan") for c in METRIC_COLUMNS}, "status": unscorable[item["item_id"]]}
         rows.append({"system": system.name, "dataset": evalset.dataset, "split": evalset.split,
                      "condition": condition, "item_id": item["item_id"], "class_id": int(item["class_id"]),
                      "label": item["label"], **m, "seconds": per_item, **common})
@@ -199,7 +210,7 @@ def _rows(system: System, evalset: EvalSet, items: pd.DataFrame, condition: str,
 
 def evaluate_set(system: System, evalset: EvalSet, opts: EvalOptions, common: dict[str, Any],
                  progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
-    """Evaluate one built set under every condition of the system; returns the item rows."""
+    """Evaluate one built set under every condition of the system (after ``system.prepare``); returns rows."""
     cfg = load_dataset_config(evalset.dataset)
     manifest = evalset.manifest
     if opts.limit:
@@ -260,6 +271,8 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
     common = {"checkpoint_sha256": system.checkpoint_sha256, "harness_version": harness.__version__,
               "git_revision": git_revision()}
     sets = [open_set(opts.workdir, d, opts.split) for d in opts.datasets]
+    for evalset in sets:  # fail before any work when, e.g., a query set is missing
+        system.prepare(evalset.dataset)
     timings = {}
     for evalset in sets:
         part = parts / f"{evalset.dataset}.parquet"

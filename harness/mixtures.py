@@ -23,6 +23,7 @@ Protocol ``uss-paper`` (DESIGN §4, the paper §5.1 and the upstream evaluation 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -95,6 +96,7 @@ class ItemSpec:
     target_start: int | None = None
     interferer: AudioRef | None = None
     interferer_label: str | None = None
+    interferer_class_id: int | None = None
     anchor_seeds: tuple[int, int] = (0, 0)
 
 
@@ -179,7 +181,8 @@ def plan_clips(corpus: Corpus, clips: list[Clip], cfg: dict, opts: BuildOptions)
                 item_id=f"{corpus.name}-{opts.split}-{class_id:03d}-{k:03d}",
                 class_id=class_id, label=label, target=clips[target].audio,
                 source_id=clips[target].clip_id,
-                interferer=other.audio, interferer_label=other.labels[0], anchor_seeds=seeds,
+                interferer=other.audio, interferer_label=other.labels[0],
+                interferer_class_id=vocab.index(other.labels[0]), anchor_seeds=seeds,
             ))
     present = set(by_label)
     plan.notes.append(f"{len(vocab) - len(present & set(vocab))} of {len(vocab)} classes have no clip "
@@ -268,10 +271,13 @@ def energy_gain(target: np.ndarray, interferer: np.ndarray, lo: float, hi: float
     return float(min(max(ratio, lo), hi))
 
 
-def _segment(x: np.ndarray, seg: int, anchor: str, seed: int, anchor_fn: Callable | None) -> tuple[np.ndarray, int]:
+def _segment(x: np.ndarray, seg: int, anchor: str, seed: int, class_id: int,
+             anchor_fn: Callable | None) -> tuple[np.ndarray, int]:
     """Cut one 2-s segment out of a clip by the anchor rule; returns ``(segment, begin_sample)``."""
     if len(x) <= seg:
         return fix_length(x, seg, mode="tile"), 0
+    if anchor == "sed" and anchor_fn is not None:
+        return anchor_fn(x, class_id)
     if anchor == "start":
         begin = 0
     elif anchor == "energy":
@@ -282,8 +288,6 @@ def _segment(x: np.ndarray, seg: int, anchor: str, seed: int, anchor_fn: Callabl
         from harness.anchors import random_anchor
 
         begin, _ = random_anchor(len(x), np.random.default_rng(seed), segment_samples=seg)
-    elif anchor == "sed" and anchor_fn is not None:
-        begin = anchor_fn(x)
     else:
         raise ConfigError(f"anchor mode {anchor!r} is not available here")
     return x[begin: begin + seg].copy(), int(begin)
@@ -312,8 +316,8 @@ def render_item(spec: ItemSpec, corpus: Corpus, cfg: dict, anchor: str,
     else:
         t_full = corpus.read(spec.target, sr)
         i_full = corpus.read(spec.interferer, sr)
-        target, t_on = _segment(t_full, seg, anchor, spec.anchor_seeds[0], anchor_fn)
-        interferer, i_on = _segment(i_full, seg, anchor, spec.anchor_seeds[1], anchor_fn)
+        target, t_on = _segment(t_full, seg, anchor, spec.anchor_seeds[0], spec.class_id, anchor_fn)
+        interferer, i_on = _segment(i_full, seg, anchor, spec.anchor_seeds[1], spec.interferer_class_id, anchor_fn)
         mix_cfg = cfg["mixing"]
         gain = energy_gain(target, interferer, mix_cfg["gain_min"], mix_cfg["gain_max"]) \
             if mix_cfg.get("energy_match", True) else 1.0
@@ -330,13 +334,44 @@ def _render_batch(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor: str,
     return [render_item(s, corpus, cfg, anchor, anchor_fn) for s in specs]
 
 
+CLIP_SAMPLES = 320000
+"""AudioSet clips are 10 s at 32 kHz; the SED anchor rule works on a whole clip (1001 frames)."""
+
+
+@functools.lru_cache(maxsize=2)
+def _sed_model(checkpoint: str):
+    """The SED model, loaded once per process (joblib workers reuse it)."""
+    import torch
+
+    from harness.models import load_sed
+
+    torch.set_num_threads(1)  # the same float rounding, hence the same argmax, for any --jobs
+    return load_sed(checkpoint, "cpu")
+
+
 def _sed_anchor_fn(checkpoint: str | None) -> Callable:
-    """Per-process SED anchor function (Cnn14_DecisionLevelMax + ``find_anchor``); see harness.anchors."""
-    from harness.anchors import sed_anchor_fn
+    """``(clip, class_id) -> (segment, begin)`` by the paper's SED rule (SEMANTICS §6).
+
+    The clip is zero-padded (or cut) to 10 s like the PANNs waveform packs, Cnn14_DecisionLevelMax gives
+    its framewise probabilities, :func:`harness.anchors.find_anchor` the 2-s segment (201-frame box
+    filter, argmax, clamp), which is cut from the padded clip.
+    """
+    import torch
+
+    from harness.anchors import find_anchor
 
     if checkpoint is None:
         raise ConfigError("--anchor sed needs --sed-checkpoint PTH (a Cnn14_DecisionLevelMax checkpoint)")
-    return sed_anchor_fn(checkpoint)
+    model = _sed_model(checkpoint)
+
+    def anchor(x: np.ndarray, class_id: int) -> tuple[np.ndarray, int]:
+        clip = fix_length(x, CLIP_SAMPLES, mode="pad")
+        with torch.inference_mode():
+            framewise = model(torch.from_numpy(clip)[None])["framewise_output"][0].numpy()
+        begin, end = find_anchor(framewise, class_id)
+        return clip[begin:end].copy(), int(begin)
+
+    return anchor
 
 
 # -- the build --------------------------------------------------------------------------------------

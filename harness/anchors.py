@@ -1,0 +1,138 @@
+"""Anchor-segment mining: which 2-s segment of a clip to use as a source (paper §3.2, Alg. 1).
+
+Three rules, each returning ``(begin_sample, end_sample)`` with ``end − begin = 64,000`` (2 s at 32 kHz):
+
+- :func:`find_anchor` (**upstream behaviour**, ``detect_mode="max_area"``): the segment where the sound
+  event detector's probability for the class has the largest 2-s area (reference/SEMANTICS.md §6).
+- :func:`energy_anchor` (**ours**): the 2-s window with the largest energy, for clips without an SED.
+- :func:`random_anchor` (**ours**): a uniformly drawn segment. The upstream ``"random"`` mode has a quirk
+  (centres only in 100..200 frames, SEMANTICS §6) that we do not reproduce.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness import SAMPLE_RATE, SEGMENT_SAMPLES
+
+FRAMES_PER_SECOND = 100
+"""Frame rate of the SED's ``framewise_output``."""
+
+HOP_SAMPLES = SAMPLE_RATE // FRAMES_PER_SECOND
+"""Samples per SED frame (320)."""
+
+SEGMENT_FRAMES = int(SEGMENT_SAMPLES / HOP_SAMPLES) + 1
+"""Box-filter length in frames: ``int(2 s · 100 + 1)`` = 201."""
+
+
+def _as_array(framewise: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``framewise`` as a 2-D float32 numpy array (torch tensors may live on any device)."""
+    if isinstance(framewise, torch.Tensor):
+        framewise = framewise.detach().cpu().numpy()
+    framewise = np.asarray(framewise, dtype=np.float32)
+    if framewise.ndim != 2:
+        raise ValueError(f"framewise must be (T, classes), got shape {framewise.shape}")
+    return framewise
+
+
+def anchor_scores(framewise: np.ndarray | torch.Tensor, class_id: int) -> np.ndarray:
+    """The upstream ``AnchorSegmentScorer``: the class's framewise probability smoothed by a 2-s box filter.
+
+    ``s[a] = (1/201) · Σ_{j=a−100}^{a+100} p[clip(j, 0, T−1)]``: replicate padding by 100 frames on both
+    sides, then a float32 ``conv1d`` with 201 taps of ``1/201`` (SEMANTICS §6 step 2).
+
+    Args:
+        framewise: ``(T, 527)`` SED ``framewise_output`` of one clip (T = 1001 for 10 s).
+        class_id: AudioSet class index.
+
+    Returns:
+        ``(T,)`` float32 scores.
+
+    Raises:
+        ValueError: ``framewise`` is not 2-D.
+    """
+    prob = torch.from_numpy(_as_array(framewise)[:, class_id].copy())
+    half = SEGMENT_FRAMES // 2
+    padded = F.pad(prob[None, None], (half, half), mode="replicate")
+    box = torch.ones(1, 1, SEGMENT_FRAMES) / SEGMENT_FRAMES
+    return F.conv1d(padded, box)[0, 0].numpy()
+
+
+def find_anchor(framewise: np.ndarray | torch.Tensor, class_id: int) -> tuple[int, int]:
+    """Anchor segment of a clip for one class: **upstream behaviour** (``AnchorSegmentDetector``, "max_area").
+
+    SEMANTICS §6: ``a* = argmax(anchor_scores)`` (the first maximum on ties), clamped to
+    ``[100, T − 1 − 100]`` ([100, 900] for a 10-s clip, T = 1001), then
+    ``[(a* − 100)·320, (a* + 100)·320)``.
+
+    Args:
+        framewise: ``(T, 527)`` ``framewise_output`` of :class:`~harness.models.panns.Cnn14DecisionLevelMax`
+            for the clip (numpy or torch).
+        class_id: AudioSet class index.
+
+    Returns:
+        ``(begin_sample, end_sample)``, 64,000 samples apart.
+
+    Raises:
+        ValueError: ``framewise`` is not 2-D or covers less than one 2-s segment.
+    """
+    framewise = _as_array(framewise)
+    half = SEGMENT_FRAMES // 2
+    clip_frames = framewise.shape[0] - 1
+    if clip_frames < 2 * half:
+        raise ValueError(
+            f"clip of {framewise.shape[0]} frames is shorter than one {SEGMENT_FRAMES}-frame segment"
+        )
+    centre = int(np.argmax(anchor_scores(framewise, class_id)))
+    centre = min(max(centre, half), clip_frames - half)
+    return (centre - half) * HOP_SAMPLES, (centre + half) * HOP_SAMPLES
+
+
+def energy_anchor(
+    waveform: np.ndarray, segment_samples: int = SEGMENT_SAMPLES, hop: int = HOP_SAMPLES
+) -> tuple[int, int]:
+    """The ``segment_samples`` window with the largest energy: **ours** (not in the upstream).
+
+    Candidate windows start at multiples of ``hop``; energies are float64 sums of squares; ties go to the
+    earliest window, so the choice is deterministic. A signal not longer than one segment gives
+    ``(0, segment_samples)`` (the caller pads it).
+
+    Args:
+        waveform: ``(L,)`` float32.
+        segment_samples: window length in samples (2 s).
+        hop: spacing of candidate starts in samples (one SED frame).
+
+    Returns:
+        ``(begin_sample, end_sample)``.
+    """
+    x = np.asarray(waveform, dtype=np.float64)
+    if len(x) <= segment_samples:
+        return 0, segment_samples
+    cumulative = np.concatenate([[0.0], np.cumsum(x * x)])
+    starts = np.arange(0, len(x) - segment_samples + 1, hop)
+    begin = int(starts[np.argmax(cumulative[starts + segment_samples] - cumulative[starts])])
+    return begin, begin + segment_samples
+
+
+def random_anchor(
+    length: int, rng: np.random.Generator, segment_samples: int = SEGMENT_SAMPLES
+) -> tuple[int, int]:
+    """A uniformly drawn segment: **ours**; the start is ``rng.integers(0, length − segment_samples + 1)``.
+
+    Unlike the upstream ``"random"`` mode (centres only in frames 100..200 after its clamp), every start
+    is equally likely. A signal not longer than one segment gives ``(0, segment_samples)``, drawing nothing.
+
+    Args:
+        length: signal length in samples.
+        rng: the keyed numpy Generator of the item (DESIGN.md §4).
+        segment_samples: segment length in samples.
+
+    Returns:
+        ``(begin_sample, end_sample)``.
+    """
+    if length <= segment_samples:
+        return 0, segment_samples
+    begin = int(rng.integers(0, length - segment_samples + 1))
+    return begin, begin + segment_samples

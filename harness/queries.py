@@ -1,0 +1,139 @@
+"""Query conditions: average embeddings per class (paper eq. 9) and oracle embeddings (eq. 11).
+
+``embed-queries`` runs the checkpoint's query net over the dataset's query split (its training split) and
+stores one condition vector per class: each file is cut into 2-s chunks tiled to 64,000 samples, the
+chunk outputs are averaged per file, then the files are averaged per class (the upstream
+``calculate_query_emb`` rule; silence removal for MUSDB18 and Voicebank-Demand as the TOML says). The
+condition is the query net's ``clipwise_output`` for an ``at_soft`` separator and its ``embedding`` for
+an ``emb`` one.
+
+Files: ``<workdir>/queries/<dataset>/<checkpoint sha256[:16]>/queries.npz`` (``labels``, ``class_ids``,
+``conditions`` float32 ``(C, D)``, ``files`` per class) and ``queries.json`` (provenance: split, clip
+list digest, checkpoint sha256, condition type, per-class counts, skipped files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import harness
+from harness.audio import AudioRef
+from harness.config import load_dataset_config
+from harness.datasets import get_corpus
+from harness.datasets.store import atomic_dir
+from harness.errors import UssBenchError
+
+
+def query_dir(workdir: str | Path, dataset: str, checkpoint_sha256: str) -> Path:
+    """``<workdir>/queries/<dataset>/<sha256[:16]>``: query sets are keyed by the checkpoint's bytes."""
+    return Path(workdir) / "queries" / dataset / checkpoint_sha256[:16]
+
+
+def query_files(dataset: str, root: str | Path, split: str) -> dict[str, list[AudioRef]]:
+    """The recordings of each class in the query split.
+
+    AudioSet: a clip counts for every class it carries; FSD corpora: its primary label (as the
+    evaluation sets); track corpora: each source counts for its label (stem, plugin, speech).
+    """
+    corpus = get_corpus(dataset, root)
+    corpus.check()
+    corpus.check_split(split)
+    groups: dict[str, list[AudioRef]] = {}
+    if corpus.kind == "clips":
+        for clip in corpus.clips(split):
+            for label in clip.labels if dataset == "audioset" else clip.labels[:1]:
+                groups.setdefault(label, []).append(clip.audio)
+    else:
+        for track in corpus.tracks(split):
+            for src in track.sources:
+                groups.setdefault(src.label, []).append(src.audio)
+    return groups
+
+
+def embed_queries(dataset: str, checkpoint: str | Path, root: str | Path, workdir: str | Path,
+                  split: str | None = None, batch_size: int = 8, device: str = "auto",
+                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Compute and store the average query condition of every class (eq. 9); returns ``queries.json``.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be loaded.
+        LayoutError, MetadataError, AudioError: bad corpus input.
+    """
+    from harness.models import embed, file_sha256, load_query_net, load_separator
+
+    cfg = load_dataset_config(dataset)
+    split = split or cfg["query_split"]
+    sha = file_sha256(checkpoint)
+    condition_type = load_separator(checkpoint, "cpu").condition_type
+    query_net = load_query_net(checkpoint, device)
+    corpus = get_corpus(dataset, root)
+    groups = query_files(dataset, root, split)
+    vocab = corpus.vocabulary()
+    remove_silence = bool(cfg.get("silence_removal_for_queries", False))
+    cache: dict[str, np.ndarray | None] = {}
+    skipped: dict[str, str] = {}
+    total = sum(len(v) for v in groups.values())
+    done = 0
+    labels, class_ids, conditions, counts = [], [], [], []
+    digest = hashlib.sha256()
+    for label in sorted(groups, key=vocab.index):
+        per_file = []
+        for ref in groups[label]:
+            key = ref.key()
+            digest.update(f"{label}\0{key.removeprefix(str(corpus.root))}\n".encode())
+            if key not in cache:
+                try:
+                    cache[key] = embed(query_net, corpus.read(ref, harness.SAMPLE_RATE), condition_type,
+                                       batch_size=batch_size, remove_silence=remove_silence)
+                except ValueError as exc:  # silent after silence removal
+                    cache[key] = None
+                    skipped[key] = str(exc)
+            if cache[key] is not None:
+                per_file.append(cache[key])
+            done += 1
+            if progress:
+                progress(done, total)
+        if per_file:
+            labels.append(label)
+            class_ids.append(vocab.index(label))
+            conditions.append(np.mean(per_file, axis=0).astype(np.float32))
+            counts.append(len(per_file))
+    size = 527 if condition_type == "at_soft" else 2048
+    provenance = {
+        "dataset": dataset, "split": split, "corpus_root": str(Path(root).resolve()),
+        "checkpoint": str(checkpoint), "checkpoint_sha256": sha,
+        "condition_type": condition_type, "condition_size": size,
+        "rule": "2-s chunks tiled to 64000 samples, mean per file, mean per class (paper eq. 9)",
+        "silence_removal": remove_silence, "clip_list_sha256": digest.hexdigest(),
+        "classes": len(labels), "files_per_class": dict(zip(labels, counts, strict=True)),
+        "skipped_files": skipped, "harness_version": harness.__version__,
+    }
+    with atomic_dir(query_dir(workdir, dataset, sha)) as tmp:
+        np.savez(tmp / "queries.npz", labels=np.array(labels, dtype=str), class_ids=np.array(class_ids, np.int64),
+                 conditions=np.stack(conditions) if conditions else np.zeros((0, size), np.float32),
+                 files=np.array(counts, np.int64))
+        (tmp / "queries.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    return provenance
+
+
+def load_queries(workdir: str | Path, dataset: str, checkpoint_sha256: str) -> tuple[dict[str, np.ndarray], dict]:
+    """The stored average conditions of ``dataset`` for a checkpoint: ``({label: (D,) float32}, provenance)``.
+
+    Raises:
+        UssBenchError: not computed yet (names the command to run).
+    """
+    path = query_dir(workdir, dataset, checkpoint_sha256)
+    if not (path / "queries.npz").is_file():
+        raise UssBenchError(
+            f"no average query embeddings for {dataset} with this checkpoint (looked in {path}): run "
+            f"`uss-bench embed-queries {dataset} --checkpoint CKPT --workdir {workdir}`, or pass --condition oracle"
+        )
+    data = np.load(path / "queries.npz")
+    table = {str(label): data["conditions"][i] for i, label in enumerate(data["labels"])}
+    return table, json.loads((path / "queries.json").read_text())
