@@ -194,14 +194,26 @@ def _score_many(refs, ests, mixes, cfg, jobs: int) -> list[dict[str, Any]]:
     return Parallel(n_jobs=jobs)(delayed(score)(r, e, m, cfg) for r, e, m in zip(refs, ests, mixes, strict=True))
 
 
+def _separate_and_score(system: System, mix: np.ndarray, ref: np.ndarray, items: pd.DataFrame, condition: str,
+                        cfg: dict, jobs: int) -> list[dict[str, Any]]:
+    """Separate and score the items of a batch that the system can separate; the others get their status."""
+    skip = system.unscorable(items, condition)
+    scored = [{**{c: float("nan") for c in METRIC_COLUMNS}, "status": skip[i]} if i in skip else None
+              for i in items["item_id"]]
+    keep = np.array([s is None for s in scored])
+    if keep.any():
+        est = system.separate(mix[keep], ref[keep], items[keep], condition)
+        for j, m in zip(np.flatnonzero(keep), _score_many(list(ref[keep]), list(est), list(mix[keep]), cfg, jobs),
+                        strict=True):
+            scored[j] = m
+    return scored
+
+
 def _rows(system: System, evalset: EvalSet, items: pd.DataFrame, condition: str,
           scored: list[dict[str, Any]], seconds: float, common: dict[str, Any]) -> list[dict[str, Any]]:
     per_item = seconds / max(len(items), 1)
-    unscorable = system.unscorable(items, condition)
     rows = []
     for (_, item), m in zip(items.iterrows(), scored, strict=True):
-        if item["item_id"] in unscorable:
-            m = {**{c: float("nan") for c in METRIC_COLUMNS}, "status": unscorable[item["item_id"]]}
         rows.append({"system": system.name, "dataset": evalset.dataset, "split": evalset.split,
                      "condition": condition, "item_id": item["item_id"], "class_id": int(item["class_id"]),
                      "label": item["label"], **m, "seconds": per_item, **common})
@@ -225,16 +237,17 @@ def evaluate_set(system: System, evalset: EvalSet, opts: EvalOptions, common: di
                 item = manifest.iloc[i: i + 1]
                 t0 = time.perf_counter()
                 row = item.iloc[0]
-                try:
-                    mix = corpus.read(AudioRef(evalset.corpus_root / row["mixture_file"]), cfg["sample_rate"])
-                    ref = corpus.read(AudioRef(evalset.corpus_root / row["target_file"]), cfg["sample_rate"])
-                except UssBenchError as exc:
-                    scored = [{**{c: float("nan") for c in METRIC_COLUMNS}, "status": f"read_error: {exc}"}]
+                if skip := system.unscorable(item, condition):  # no audio read, no separation
+                    scored = [{**{c: float("nan") for c in METRIC_COLUMNS}, "status": skip[row["item_id"]]}]
                 else:
-                    n = min(len(mix), len(ref))
-                    mix, ref = mix[:n], ref[:n]
-                    est = system.separate(mix[None], ref[None], item, condition)[0]
-                    scored = _score_many([ref], [est], [mix], cfg, 1)
+                    try:
+                        mix = corpus.read(AudioRef(evalset.corpus_root / row["mixture_file"]), cfg["sample_rate"])
+                        ref = corpus.read(AudioRef(evalset.corpus_root / row["target_file"]), cfg["sample_rate"])
+                    except UssBenchError as exc:
+                        scored = [{**{c: float("nan") for c in METRIC_COLUMNS}, "status": f"read_error: {exc}"}]
+                    else:
+                        n = min(len(mix), len(ref))
+                        scored = _separate_and_score(system, mix[None, :n], ref[None, :n], item, condition, cfg, 1)
                 rows += _rows(system, evalset, item, condition, scored, time.perf_counter() - t0, common)
                 if progress:
                     progress(len(rows), total)
@@ -243,8 +256,7 @@ def evaluate_set(system: System, evalset: EvalSet, opts: EvalOptions, common: di
             items = manifest.iloc[start: start + opts.batch_size]
             t0 = time.perf_counter()
             mix, ref = evalset.read_rows(np.arange(start, start + len(items)))
-            est = system.separate(mix, ref, items, condition)
-            scored = _score_many(list(ref), list(est), list(mix), cfg, opts.jobs)
+            scored = _separate_and_score(system, mix, ref, items, condition, cfg, opts.jobs)
             rows += _rows(system, evalset, items, condition, scored, time.perf_counter() - t0, common)
             if progress:
                 progress(len(rows), total)

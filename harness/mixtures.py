@@ -352,13 +352,16 @@ def _sed_model(checkpoint: str):
 def _sed_anchor_fn(checkpoint: str | None) -> Callable:
     """``(clip, class_id) -> (segment, begin)`` by the paper's SED rule (SEMANTICS §6).
 
-    The clip is zero-padded (or cut) to 10 s like the PANNs waveform packs, Cnn14_DecisionLevelMax gives
-    its framewise probabilities, :func:`harness.anchors.find_anchor` the 2-s segment (201-frame box
-    filter, argmax, clamp), which is cut from the padded clip.
+    The clip is zero-padded (or cut) to 10 s like the PANNs waveform packs and Cnn14_DecisionLevelMax
+    gives its framewise probabilities; the segment centre is the first argmax of the 201-frame box-filtered
+    score (:func:`harness.anchors.anchor_scores`). For a whole 10-s clip this is exactly the upstream rule
+    (:func:`harness.anchors.find_anchor`, clamp to [100, 900]). Ours for a shorter clip: the argmax is
+    taken over the centres whose 2-s segment lies inside the real audio, so that an anchor never falls in
+    the zero padding (the upstream, whose packs pad short clips, can pick a silent segment there).
     """
     import torch
 
-    from harness.anchors import find_anchor
+    from harness.anchors import anchor_scores
 
     if checkpoint is None:
         raise ConfigError("--anchor sed needs --sed-checkpoint PTH (a Cnn14_DecisionLevelMax checkpoint)")
@@ -368,8 +371,12 @@ def _sed_anchor_fn(checkpoint: str | None) -> Callable:
         clip = fix_length(x, CLIP_SAMPLES, mode="pad")
         with torch.inference_mode():
             framewise = model(torch.from_numpy(clip)[None])["framewise_output"][0].numpy()
-        begin, end = find_anchor(framewise, class_id)
-        return clip[begin:end].copy(), int(begin)
+        scores = anchor_scores(framewise, class_id)
+        half = 100  # segment frames // 2
+        last = min(len(scores) - 1 - half, len(x) // 320 - half)  # (c + 100) * 320 <= len(x)
+        centre = half + int(np.argmax(scores[half: last + 1]))
+        begin = (centre - half) * 320
+        return clip[begin: begin + 64000].copy(), int(begin)
 
     return anchor
 
