@@ -238,13 +238,15 @@ def per_class_figure(items: pd.DataFrame, path: Path) -> Path | None:
     height = sum(max(1.5, 0.18 * len(t)) for _, t in panels) + 1
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, min(height, 60)), squeeze=False)
     for ax, (dataset, table) in zip(axes[:, 0], panels, strict=True):
-        table.sort_index().plot.barh(ax=ax, width=0.8)
+        table.sort_index().plot.barh(ax=ax, width=0.8, legend=False)
         ax.set_title(dataset)
         ax.set_xlabel("median SDRi (dB)")
         ax.set_ylabel("")
         ax.tick_params(axis="y", labelsize=6)
         ax.axvline(0, color="black", linewidth=0.5)
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
