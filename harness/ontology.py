@@ -54,7 +54,7 @@ from torch import nn
 from harness import SAMPLE_RATE, SEGMENT_SAMPLES
 from harness.audio import fix_length, read_audio
 from harness.errors import AudioError, CheckpointError, ConfigError, MetadataError, UssBenchError
-from harness.models.separator import embed, separate, separate_batch
+from harness.models.separator import embed, eval_inference, module_device, separate, separate_batch
 
 AUDIOSET_DIR = Path(__file__).resolve().parents[1] / "datasets" / "audioset"
 ONTOLOGY_PATH = AUDIOSET_DIR / "ontology.json"
@@ -344,27 +344,6 @@ class Track:
     active_chunks: int
 
 
-def _module_device(module: nn.Module) -> torch.device:
-    """Device of a module's first parameter or buffer (CPU for a module without any)."""
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def _inference(module: nn.Module) -> Iterator[None]:
-    """Eval mode and no autograd for the duration; restores the module's training flag afterwards."""
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        module.train(was_training)
-
-
 def _as_waveform(waveform: np.ndarray) -> np.ndarray:
     x = np.asarray(waveform, dtype=np.float32)
     if x.ndim != 1:
@@ -427,9 +406,9 @@ def tag_chunks(query_net: nn.Module, waveform: np.ndarray, batch_size: int = 8) 
     """
     _check_batch_size(batch_size)
     chunks = chunk_mixture(waveform)
-    target = _module_device(query_net)
+    target = module_device(query_net)
     outputs = []
-    with _inference(query_net):
+    with eval_inference(query_net):
         for start in range(0, len(chunks), batch_size):
             batch = torch.from_numpy(chunks[start:start + batch_size]).to(target)
             clipwise = query_net(batch)["clipwise_output"]

@@ -56,7 +56,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda")
 
 
-def _module_device(module: nn.Module) -> torch.device:
+def module_device(module: nn.Module) -> torch.device:
     """Device of a module's first parameter or buffer (CPU for a module without any)."""
     for tensor in module.parameters():
         return tensor.device
@@ -66,7 +66,7 @@ def _module_device(module: nn.Module) -> torch.device:
 
 
 @contextlib.contextmanager
-def _inference(module: nn.Module) -> Iterator[None]:
+def eval_inference(module: nn.Module) -> Iterator[None]:
     """Eval mode and no autograd for the duration; restores the module's training flag afterwards."""
     was_training = module.training
     module.eval()
@@ -113,10 +113,10 @@ def separate_batch(
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     if device is not None:
         separator.to(resolve_device(device))
-    target = _module_device(separator)
+    target = module_device(separator)
     shared = torch.from_numpy(conditions).to(target) if len(conditions) == 1 else None
     outputs = []
-    with _inference(separator):
+    with eval_inference(separator):
         for start in range(0, len(chunks), batch_size):
             mixture = torch.from_numpy(chunks[start : start + batch_size]).to(target)[:, None, :]
             condition = (
@@ -215,9 +215,9 @@ def embed(
             for start in range(0, len(waveform), SEGMENT_SAMPLES)
         ]
     )
-    target = _module_device(query_net)
+    target = module_device(query_net)
     outputs = []
-    with _inference(query_net):
+    with eval_inference(query_net):
         for start in range(0, len(chunks), batch_size):
             batch = torch.from_numpy(chunks[start : start + batch_size]).to(target)
             outputs.append(query_net(batch)[QUERY_OUTPUTS[condition_type]].float().cpu())
