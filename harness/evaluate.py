@@ -160,7 +160,7 @@ def score(ref: np.ndarray, est: np.ndarray, mix: np.ndarray, dataset_cfg: dict) 
     Returns:
         the metric columns (NaN where not applicable or not computable) and ``status``.
     """
-    out: dict[str, Any] = {c: float("nan") for c in METRIC_COLUMNS}
+    out = _unscored("ok")
     status = metrics.check_signals(ref, est)
     if status == "ok":
         status = metrics.check_signals(ref, mix)
@@ -188,6 +188,11 @@ def score(ref: np.ndarray, est: np.ndarray, mix: np.ndarray, dataset_cfg: dict) 
     return out
 
 
+def _unscored(status: str) -> dict[str, Any]:
+    """The metric columns of an item that is kept as a row but not scored."""
+    return {**{c: float("nan") for c in METRIC_COLUMNS}, "status": status}
+
+
 def _score_many(refs, ests, mixes, cfg, jobs: int) -> list[dict[str, Any]]:
     if jobs <= 1 or len(refs) == 1:
         return [score(r, e, m, cfg) for r, e, m in zip(refs, ests, mixes, strict=True)]
@@ -198,8 +203,7 @@ def _separate_and_score(system: System, mix: np.ndarray, ref: np.ndarray, items:
                         cfg: dict, jobs: int) -> list[dict[str, Any]]:
     """Separate and score the items of a batch that the system can separate; the others get their status."""
     skip = system.unscorable(items, condition)
-    scored = [{**{c: float("nan") for c in METRIC_COLUMNS}, "status": skip[i]} if i in skip else None
-              for i in items["item_id"]]
+    scored = [_unscored(skip[i]) if i in skip else None for i in items["item_id"]]
     keep = np.array([s is None for s in scored])
     if keep.any():
         est = system.separate(mix[keep], ref[keep], items[keep], condition)
@@ -238,13 +242,13 @@ def evaluate_set(system: System, evalset: EvalSet, opts: EvalOptions, common: di
                 t0 = time.perf_counter()
                 row = item.iloc[0]
                 if skip := system.unscorable(item, condition):  # no audio read, no separation
-                    scored = [{**{c: float("nan") for c in METRIC_COLUMNS}, "status": skip[row["item_id"]]}]
+                    scored = [_unscored(skip[row["item_id"]])]
                 else:
                     try:
                         mix = corpus.read(AudioRef(evalset.corpus_root / row["mixture_file"]), cfg["sample_rate"])
                         ref = corpus.read(AudioRef(evalset.corpus_root / row["target_file"]), cfg["sample_rate"])
                     except UssBenchError as exc:
-                        scored = [{**{c: float("nan") for c in METRIC_COLUMNS}, "status": f"read_error: {exc}"}]
+                        scored = [_unscored(f"read_error: {exc}")]
                     else:
                         n = min(len(mix), len(ref))
                         scored = _separate_and_score(system, mix[None, :n], ref[None, :n], item, condition, cfg, 1)
