@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +254,7 @@ def plan_virtual(corpus: Corpus, tracks: list[Track], cfg: dict, opts: BuildOpti
 
 
 def plan_seed(cfg: dict, opts: BuildOptions) -> int:
+    """The build's seed: ``--seed``, else the dataset TOML's."""
     return int(opts.seed if opts.seed is not None else cfg["seed"])
 
 
@@ -599,8 +600,3 @@ def _rehash_rows(evalset) -> list[str]:
             if array_sha256(h5["target"][i]) != item.sha256_target:
                 problems.append(f"{item.item_id}: stored target does not match its manifest hash")
     return problems
-
-
-def spec_dict(spec: ItemSpec) -> dict[str, Any]:
-    """A JSON-able view of a spec (for debugging and tests)."""
-    return {k: (v.key() if isinstance(v, AudioRef) else v) for k, v in asdict(spec).items()}
