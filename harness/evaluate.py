@@ -36,6 +36,7 @@ from harness.config import REPO_ROOT, load_dataset_config
 from harness.datasets import get_corpus
 from harness.datasets.store import EvalSet, atomic_write_parquet, atomic_write_text, built_datasets, open_set
 from harness.errors import UssBenchError
+from harness.models import spectral
 
 log = logging.getLogger(__name__)
 
@@ -108,17 +109,12 @@ class OracleIRM(System):
     def separate(self, mixture, target, items, condition):
         mix = torch.from_numpy(np.asarray(mixture, dtype=np.float32))
         tgt = torch.from_numpy(np.asarray(target, dtype=np.float32))
-        window = torch.hann_window(self.n_fft)
-
-        def stft(x):
-            return torch.stft(x, self.n_fft, self.hop, window=window, center=True, pad_mode="reflect",
-                              return_complex=True)
-
-        m, s = stft(mix), stft(tgt)
+        window = torch.hann_window(self.n_fft, periodic=True)
+        m, s = spectral.stft(mix, window, self.hop), spectral.stft(tgt, window, self.hop)
         n = m - s
         ps, pn = s.abs().square(), n.abs().square()
         mask = torch.where(ps + pn > 0, torch.sqrt(ps / (ps + pn).clamp_min(1e-20)), torch.zeros_like(ps))
-        est = torch.istft(m * mask, self.n_fft, self.hop, window=window, center=True, length=mix.shape[-1])
+        est = spectral.istft(m * mask, window, mix.shape[-1], self.hop)
         return est.numpy().astype(np.float32)
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import SAMPLE_RATE
+from harness.models import spectral
 
 WINDOW_SIZE = 1024
 """STFT size of the PANNs front end (samples); 513 bins."""
@@ -104,18 +105,7 @@ class LogMel(nn.Module):
         self.register_buffer("mel_basis", mel_filterbank(), persistent=False)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        stft = torch.stft(
-            waveform,
-            n_fft=WINDOW_SIZE,
-            hop_length=HOP_SIZE,
-            win_length=WINDOW_SIZE,
-            window=self.window,
-            center=True,
-            pad_mode="reflect",
-            normalized=False,
-            onesided=True,
-            return_complex=True,
-        )
+        stft = spectral.stft(waveform, self.window, HOP_SIZE)
         power = (stft.real**2 + stft.imag**2).transpose(1, 2)
         mel = torch.matmul(power, self.mel_basis)
         return 10.0 * torch.log10(torch.clamp(mel, min=1e-10))[:, None]

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.models import spectral
+
 N_FFT = 2048
 """STFT size of the separator (samples); 1025 frequency bins."""
 
@@ -183,18 +185,7 @@ class ResUNet30(nn.Module):
             - waveform: ``(B, L)``
             - outputs: three ``(B, 1, T, 1025)`` tensors, ``T = L // 320 + 1``
         """
-        stft = torch.stft(
-            waveform,
-            n_fft=N_FFT,
-            hop_length=HOP_SIZE,
-            win_length=N_FFT,
-            window=self.window,
-            center=True,
-            pad_mode="reflect",
-            normalized=False,
-            onesided=True,
-            return_complex=True,
-        )
+        stft = spectral.stft(waveform, self.window, HOP_SIZE)
         real = stft.real.transpose(1, 2)[:, None]
         imag = stft.imag.transpose(1, 2)[:, None]
         mag = torch.sqrt(torch.clamp(real**2 + imag**2, min=1e-10))
@@ -265,16 +256,7 @@ class ResUNet30(nn.Module):
         out_sin = sin_in * mask_cos + cos_in * mask_sin
         out_mag = F.relu(mag * mask_mag)
         spec = torch.complex(out_mag * out_cos, out_mag * out_sin)[:, 0].transpose(1, 2)
-        waveform = torch.istft(
-            spec,
-            n_fft=N_FFT,
-            hop_length=HOP_SIZE,
-            win_length=N_FFT,
-            window=self.window,
-            center=True,
-            length=length,
-        )
-        return waveform[:, None]
+        return spectral.istft(spec, self.window, length, HOP_SIZE)[:, None]
 
     def film_offsets(self, condition: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every FiLM offset ``β`` for ``condition``, keyed by its upstream FiLM layer name.
