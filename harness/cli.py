@@ -233,14 +233,13 @@ def separate(
     """Separate a recording: by ontology level (Alg. 3), by class ids (Alg. 4), or by example clips (§3.4.3)."""
     import harness
     from harness.audio import read_audio
-    from harness.models import load_query_net, load_separator
+    from harness.models import load_separator_and_query_net
     from harness.ontology import separate_by_query_audio, separate_hierarchical, write_tracks
 
     if sum(x is not None for x in (levels, class_ids, query_audio)) > 1:
         raise UssBenchError("pass only one of --levels, --class-ids and --query-audio")
     waveform = read_audio(audio, harness.SAMPLE_RATE)
-    separator = load_separator(checkpoint, device)
-    query_net = load_query_net(checkpoint, device)
+    separator, query_net = load_separator_and_query_net(checkpoint, device)
     if query_audio:
         import soundfile
 

@@ -65,13 +65,14 @@ def embed_queries(dataset: str, checkpoint: str | Path, root: str | Path, workdi
         CheckpointError: the checkpoint cannot be loaded.
         LayoutError, MetadataError, AudioError: bad corpus input.
     """
-    from harness.models import embed, file_sha256, load_query_net, load_separator
+    from harness.models import embed, file_sha256, load_separator_and_query_net
 
     cfg = load_dataset_config(dataset)
     split = split or cfg["query_split"]
     sha = file_sha256(checkpoint)
-    condition_type = load_separator(checkpoint, "cpu").condition_type
-    query_net = load_query_net(checkpoint, device)
+    separator, query_net = load_separator_and_query_net(checkpoint, device)
+    condition_type = separator.condition_type
+    del separator  # only its condition type is needed here
     corpus = get_corpus(dataset, root)
     groups = query_files(dataset, root, split)
     vocab = corpus.vocabulary()

@@ -10,6 +10,7 @@ from harness.models.checkpoints import (
     load_query_net,
     load_sed,
     load_separator,
+    load_separator_and_query_net,
 )
 from harness.models.panns import Cnn14, Cnn14DecisionLevelMax
 from harness.models.resunet import ResUNet30
@@ -26,6 +27,7 @@ __all__ = [
     "load_query_net",
     "load_sed",
     "load_separator",
+    "load_separator_and_query_net",
     "resolve_device",
     "separate",
     "separate_batch",

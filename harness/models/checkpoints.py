@@ -483,6 +483,20 @@ def load_sed(path: str | Path, device: str | torch.device = "cpu") -> Cnn14Decis
     return _panns_from(_read_checkpoint(path), "sed", Cnn14DecisionLevelMax()).to(resolve_device(device))
 
 
+def load_separator_and_query_net(path: str | Path, device: str | torch.device = "cpu") -> tuple[ResUNet30, Cnn14]:
+    """:func:`load_separator` and :func:`load_query_net` from one read of the file (a USS ``.ckpt`` or ours).
+
+    Returns:
+        ``(separator, query_net)``, both in eval mode on ``device``.
+
+    Raises:
+        CheckpointError: as :func:`load_separator`, for either component.
+    """
+    ckpt = _read_checkpoint(path)
+    target = resolve_device(device)
+    return _separator_from(ckpt).to(target), _panns_from(ckpt, "query_net", Cnn14()).to(target)
+
+
 def load_checkpoint_state(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     """Every component a checkpoint holds, as our modules' state dicts, after the full key check.
 

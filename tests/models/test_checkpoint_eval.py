@@ -91,3 +91,13 @@ def test_sed_anchor_rule(dlm_pth, sed):
     for class_id in range(0, 527, 25):
         segment, begin = anchor(short, class_id)
         assert 0 <= begin <= 128000 - 64000 and len(segment) == 64000
+
+
+def test_one_read_loader_equals_the_two_loaders(at_soft_ckpt):
+    from harness.models import load_separator, load_separator_and_query_net
+
+    separator, query_net = load_separator_and_query_net(at_soft_ckpt)
+    for ours, theirs in ((separator, load_separator(at_soft_ckpt)), (query_net, load_query_net(at_soft_ckpt))):
+        a, b = ours.state_dict(), theirs.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert separator.condition_type == "at_soft"
