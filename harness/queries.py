@@ -66,13 +66,15 @@ def embed_queries(dataset: str, checkpoint: str | Path, root: str | Path, workdi
         LayoutError, MetadataError, AudioError: bad corpus input.
     """
     from harness.models import embed, file_sha256, load_separator_and_query_net
+    from harness.models.querynets import OneHotQuery
 
     cfg = load_dataset_config(dataset)
     split = split or cfg["query_split"]
     sha = file_sha256(checkpoint)
     separator, query_net = load_separator_and_query_net(checkpoint, device)
-    condition_type = separator.condition_type
-    del separator  # only its condition type is needed here
+    condition_type, size = separator.condition_type, separator.condition_size
+    del separator  # only its condition type and size are needed here
+    onehot = query_net if isinstance(query_net, OneHotQuery) else None
     corpus = get_corpus(dataset, root)
     groups = query_files(dataset, root, split)
     vocab = corpus.vocabulary()
@@ -88,6 +90,10 @@ def embed_queries(dataset: str, checkpoint: str | Path, root: str | Path, workdi
         for ref in groups[label]:
             key = ref.key()
             digest.update(f"{label}\0{key.removeprefix(str(corpus.root))}\n".encode())
+            if onehot is not None:  # paper §3.4.1: the label itself is the query; no audio is read
+                cache[key] = onehot.condition([label]).numpy() if label in onehot.index else None
+                if label not in onehot.index:
+                    skipped[key] = f"label {label!r} is not in the model's one-hot vocabulary"
             if key not in cache:
                 try:
                     cache[key] = embed(query_net, corpus.read(ref, harness.SAMPLE_RATE), condition_type,
@@ -105,12 +111,12 @@ def embed_queries(dataset: str, checkpoint: str | Path, root: str | Path, workdi
             class_ids.append(vocab.index(label))
             conditions.append(np.mean(per_file, axis=0).astype(np.float32))
             counts.append(len(per_file))
-    size = 527 if condition_type == "at_soft" else 2048
     provenance = {
         "dataset": dataset, "split": split, "corpus_root": str(Path(root).resolve()),
         "checkpoint": str(checkpoint), "checkpoint_sha256": sha,
         "condition_type": condition_type, "condition_size": size,
-        "rule": "2-s chunks tiled to 64000 samples, mean per file, mean per class (paper eq. 9)",
+        "rule": ("one-hot of the class label (paper §3.4.1)" if onehot is not None else
+                 "2-s chunks tiled to 64000 samples, mean per file, mean per class (paper eq. 9)"),
         "silence_removal": remove_silence, "clip_list_sha256": digest.hexdigest(),
         "classes": len(labels), "files_per_class": dict(zip(labels, counts, strict=True)),
         "skipped_files": skipped, "harness_version": harness.__version__,

@@ -41,7 +41,8 @@ class CheckpointSystem(System):
         self.separator = load_separator(checkpoint, self.device)
         self.condition_type = self.separator.condition_type
         self.checkpoint_sha256 = file_sha256(checkpoint)
-        self.name = f"checkpoint:{self.checkpoint.name}"
+        # An all-oracle run is named apart, so that it can sit beside the Table 2 run in one report.
+        self.name = f"checkpoint:{self.checkpoint.name}" + ("[oracle]" if condition == "oracle" else "")
         self.workdir = Path(workdir)
         self.condition = condition
         self.batch_size = batch_size
@@ -63,18 +64,21 @@ class CheckpointSystem(System):
         table = self._queries[items["dataset"].iloc[0]]
         return {i: NO_QUERY for i, label in zip(items["item_id"], items["label"], strict=True) if label not in table}
 
-    def _oracle(self, target: np.ndarray) -> np.ndarray:
+    def _oracle(self, target: np.ndarray, label: str) -> np.ndarray:
         from harness.models import embed, load_query_net
+        from harness.models.querynets import OneHotQuery
 
         if self._query_net is None:
             self._query_net = load_query_net(self.checkpoint, self.device)
+        if isinstance(self._query_net, OneHotQuery):  # the oracle of a label query is the label
+            return self._query_net.condition([label]).numpy()
         return embed(self._query_net, target, self.condition_type)
 
     def separate(self, mixture, target, items, condition):
         from harness.models import separate, separate_batch
 
         if condition == "oracle":
-            conds = np.stack([self._oracle(t) for t in target])
+            conds = np.stack([self._oracle(t, label) for t, label in zip(target, items["label"], strict=True)])
         else:
             table = self._queries[items["dataset"].iloc[0]]
             size = self.separator.condition_size

@@ -44,6 +44,7 @@ from torch import nn
 from harness.errors import CheckpointError
 from harness.models import panns, resunet
 from harness.models.panns import Cnn14, Cnn14DecisionLevelMax
+from harness.models.querynets import LogMelStats, OneHotQuery
 from harness.models.resunet import CONDITION_TYPES, ResUNet30
 from harness.models.separator import resolve_device
 
@@ -74,6 +75,9 @@ _UNUSED_SEPARATOR_KEY = re.compile(
 """The 42 upstream separator tensors its forward pass never uses (SEMANTICS §1); accepted and dropped."""
 
 _FILM_NAMES = ("beta1", "beta2")
+
+CONDITION_KINDS = ("at_soft", "emb", "onehot")
+"""Condition types of our checkpoints (paper §3.4): AudioSet probabilities, an embedding, labels."""
 
 
 def upstream_key(component: str, key: str) -> str:
@@ -396,8 +400,26 @@ def _check_derived(key: str, stored: torch.Tensor, compute: Callable[[], torch.T
     return None
 
 
+def model_config(ckpt: _Checkpoint) -> dict:
+    """The ``config`` metadata of a :data:`FORMAT` file (``{}`` for upstream files and old exports).
+
+    Raises:
+        CheckpointError: the metadata is not valid JSON.
+    """
+    if ckpt.format != FORMAT or "config" not in ckpt.metadata:
+        return {}
+    try:
+        return json.loads(ckpt.metadata["config"])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{ckpt.path}: the 'config' metadata is not valid JSON ({exc})") from exc
+
+
 def _condition_size(ckpt: _Checkpoint) -> int:
-    """Condition size D of the separator, read from the first FiLM layer's in-features."""
+    """Condition size D of the separator, read from the first FiLM layer's in-features.
+
+    Upstream files hold D = 527 (``at_soft``) or 2048 (``emb``). Our files may hold any D, with the
+    condition type recorded in the metadata (e.g. 128 for the ``LogMelStats`` demo query net).
+    """
     ours = "encoder_block1.conv_block1.beta1.weight"
     key = f"separator.{ours}" if ckpt.format == FORMAT else upstream_key("separator", ours)
     if key not in ckpt.tensors:
@@ -407,23 +429,34 @@ def _condition_size(ckpt: _Checkpoint) -> int:
             )
         raise CheckpointError(f"{ckpt.path}: missing key {key}, which gives the separator's condition size")
     size = int(ckpt.tensors[key].shape[-1])
+    if ckpt.format == FORMAT:
+        recorded = (ckpt.metadata.get("condition_size"), ckpt.metadata.get("condition_type"))
+        if recorded[0] != str(size) or recorded[1] not in CONDITION_KINDS:
+            raise CheckpointError(
+                f"{ckpt.path}: metadata says condition_size/condition_type = {recorded}, "
+                f"but the weights have condition size {size} (types: {', '.join(CONDITION_KINDS)})"
+            )
+        if recorded[1] == "at_soft" and size != 527:
+            raise CheckpointError(f"{ckpt.path}: an at_soft condition has 527 entries, the weights have {size}")
+        return size
     if size not in CONDITION_TYPES:
         raise CheckpointError(
             f"{ckpt.path}: condition size {size} (from {key}) is neither 527 (at_soft) nor 2048 (emb)"
         )
-    if ckpt.format == FORMAT:
-        recorded = (ckpt.metadata.get("condition_size"), ckpt.metadata.get("condition_type"))
-        if recorded != (str(size), CONDITION_TYPES[size]):
-            raise CheckpointError(
-                f"{ckpt.path}: metadata says condition_size/condition_type = {recorded}, "
-                f"but the weights have condition size {size} ({CONDITION_TYPES[size]})"
-            )
     return size
 
 
 def _separator_from(ckpt: _Checkpoint) -> ResUNet30:
-    model = ResUNet30(_condition_size(ckpt))
-    _load_component(ckpt, "separator", model, f"ResUNet30 (condition size {model.condition_size})")
+    size = _condition_size(ckpt)
+    arch = model_config(ckpt).get("separator", {})
+    channels = tuple(arch.get("channels", resunet.PAPER_CHANNELS))
+    ctype = ckpt.metadata.get("condition_type") if ckpt.format == FORMAT else CONDITION_TYPES[size]
+    try:
+        model = ResUNet30(size, channels, ctype, n_fft=int(arch.get("n_fft", resunet.N_FFT)))
+    except ValueError as exc:
+        raise CheckpointError(f"{ckpt.path}: its separator config {arch} is not a ResUNet30: {exc}") from exc
+    what = f"ResUNet30 (condition size {size}, channels {list(channels)}, n_fft {model.n_fft})"
+    _load_component(ckpt, "separator", model, what)
     return model.eval()
 
 
@@ -433,6 +466,21 @@ def _panns_from(ckpt: _Checkpoint, component: str, model: nn.Module) -> nn.Modul
         raise CheckpointError(f"{ckpt.path} holds no {type(model).__name__} (no {prefix}* keys)")
     _load_component(ckpt, component, model, type(model).__name__)
     return model.eval()
+
+
+def _query_net_from(ckpt: _Checkpoint) -> nn.Module:
+    """The query net a checkpoint declares: Cnn14 (upstream and exported files), LogMelStats or OneHot."""
+    arch = model_config(ckpt).get("query_net") or {"architecture": "Cnn14"}
+    name = arch.get("architecture")
+    if name == "Cnn14":
+        return _panns_from(ckpt, "query_net", Cnn14())
+    if name in ("LogMelStats", "OneHot"):
+        model = LogMelStats() if name == "LogMelStats" else OneHotQuery(arch.get("vocabulary") or [])
+        _load_component(ckpt, "query_net", model, f"the weight-free {name} query net")
+        return model.eval()
+    raise CheckpointError(
+        f"{ckpt.path}: unknown query net {name!r} in its config; uss-bench knows Cnn14, LogMelStats, OneHot"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -458,16 +506,22 @@ def load_separator(path: str | Path, device: str | torch.device = "cpu") -> ResU
     return _separator_from(_read_checkpoint(path)).to(resolve_device(device))
 
 
-def load_query_net(path: str | Path, device: str | torch.device = "cpu") -> Cnn14:
-    """Load the Cnn14 query net: a Lightning ``.ckpt`` (``query_net.base.*``), a PANNs Cnn14 ``.pth``, or ours.
+def load_query_net(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Load the query net: a Lightning ``.ckpt`` (``query_net.base.*``), a PANNs Cnn14 ``.pth``, or ours.
+
+    Our files may instead declare a weight-free :class:`~harness.models.querynets.LogMelStats` or
+    :class:`~harness.models.querynets.OneHotQuery` in their ``config`` metadata.
 
     Returns:
-        :class:`~harness.models.panns.Cnn14` in eval mode on ``device``.
+        the query net (usually :class:`~harness.models.panns.Cnn14`) in eval mode on ``device``.
 
     Raises:
         CheckpointError: as :func:`load_separator`.
     """
-    return _panns_from(_read_checkpoint(path), "query_net", Cnn14()).to(resolve_device(device))
+    ckpt = _read_checkpoint(path)
+    if ckpt.format == "panns":
+        return _panns_from(ckpt, "query_net", Cnn14()).to(resolve_device(device))
+    return _query_net_from(ckpt).to(resolve_device(device))
 
 
 def load_sed(path: str | Path, device: str | torch.device = "cpu") -> Cnn14DecisionLevelMax:
@@ -483,7 +537,8 @@ def load_sed(path: str | Path, device: str | torch.device = "cpu") -> Cnn14Decis
     return _panns_from(_read_checkpoint(path), "sed", Cnn14DecisionLevelMax()).to(resolve_device(device))
 
 
-def load_separator_and_query_net(path: str | Path, device: str | torch.device = "cpu") -> tuple[ResUNet30, Cnn14]:
+def load_separator_and_query_net(path: str | Path, device: str | torch.device = "cpu"
+                                 ) -> tuple[ResUNet30, nn.Module]:
     """:func:`load_separator` and :func:`load_query_net` from one read of the file (a USS ``.ckpt`` or ours).
 
     Returns:
@@ -494,7 +549,7 @@ def load_separator_and_query_net(path: str | Path, device: str | torch.device = 
     """
     ckpt = _read_checkpoint(path)
     target = resolve_device(device)
-    return _separator_from(ckpt).to(target), _panns_from(ckpt, "query_net", Cnn14()).to(target)
+    return _separator_from(ckpt).to(target), _query_net_from(ckpt).to(target)
 
 
 def load_checkpoint_state(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -519,7 +574,11 @@ def _components(ckpt: _Checkpoint) -> dict[str, nn.Module]:
     }
     if "separator" in prefixes and any(k.startswith(prefixes["separator"]) for k in ckpt.tensors):
         models["separator"] = _separator_from(ckpt)
+    if ckpt.format == FORMAT and (model_config(ckpt).get("query_net") or {}).get("architecture", "Cnn14") != "Cnn14":
+        models["query_net"] = _query_net_from(ckpt)
     for name, cls in (("query_net", Cnn14), ("sed", Cnn14DecisionLevelMax)):
+        if name in models:
+            continue
         if not prefixes[name] or any(k.startswith(prefixes[name]) for k in ckpt.tensors):
             models[name] = _panns_from(ckpt, name, cls())
     return models
@@ -553,36 +612,71 @@ def export_checkpoint(src: str | Path, dst: str | Path, *, trust_pickle: bool = 
             raise CheckpointError(
                 f"{src} has no {needed}; export needs a USS checkpoint (separator + query net)"
             )
+    metadata = save_checkpoint(dst, models, source=src, extra_config=model_config(ckpt).get("training"))
+    logger.info("exported %s (%s) to %s: %s", src, metadata["source_sha256"][:12], dst, ", ".join(models))
+    return metadata
+
+
+def query_net_config(query_net: nn.Module, condition_type: str) -> dict:
+    """The ``config["query_net"]`` entry that describes ``query_net`` (what :func:`load_query_net` rebuilds)."""
+    if isinstance(query_net, LogMelStats):
+        return {"architecture": "LogMelStats", **_panns_config(), "output": "embedding",
+                "condition_size": LogMelStats.condition_size}
+    if isinstance(query_net, OneHotQuery):
+        return {"architecture": "OneHot", "vocabulary": query_net.vocabulary}
+    return {"architecture": "Cnn14", **_panns_config(),
+            "output": "clipwise_output" if condition_type == "at_soft" else "embedding"}
+
+
+def save_checkpoint(dst: str | Path, models: Mapping[str, nn.Module], *, source: str | Path | None = None,
+                    extra_config: dict | None = None) -> dict[str, str]:
+    """Write ``models`` (``separator``, ``query_net``, optional ``sed``) as one :data:`FORMAT` file.
+
+    The file gets the tensors of every module's state dict under ``<component>.`` and the metadata
+    ``format``, ``condition_size``, ``condition_type``, ``source_file``/``source_sha256`` (when
+    ``source`` is given) and ``config`` (JSON: the architecture of each component, plus
+    ``extra_config`` under ``"training"``). Written under a temporary name, then renamed.
+
+    Returns:
+        the metadata written.
+
+    Raises:
+        CheckpointError: ``models`` has no separator or no query net.
+    """
+    dst = Path(dst)
+    for needed in ("separator", "query_net"):
+        if needed not in models:
+            raise CheckpointError(f"cannot write {dst}: no {needed} given")
     separator = models["separator"]
     config = {
         "separator": {
             "architecture": "ResUNet30",
             "condition_size": separator.condition_size,
             "condition_type": separator.condition_type,
-            "n_fft": resunet.N_FFT,
+            "channels": list(separator.channels),
+            "n_fft": separator.n_fft,
             "hop_size": resunet.HOP_SIZE,
             "input_channels": 1,
             "output_channels": 1,
         },
-        "query_net": {
-            "architecture": "Cnn14",
-            **_panns_config(),
-            "output": "clipwise_output" if separator.condition_type == "at_soft" else "embedding",
-        },
+        "query_net": query_net_config(models["query_net"], separator.condition_type),
         "sed": {"architecture": "Cnn14_DecisionLevelMax", **_panns_config()} if "sed" in models else None,
         "sample_rate": 32000,
         "segment_samples": 64000,
     }
+    if extra_config:
+        config["training"] = extra_config
     metadata = {
         "format": FORMAT,
         "condition_size": str(separator.condition_size),
         "condition_type": separator.condition_type,
-        "source_file": src.name,
-        "source_sha256": file_sha256(src),
         "config": json.dumps(config, sort_keys=True),
     }
+    if source is not None:
+        metadata["source_file"] = Path(source).name
+        metadata["source_sha256"] = file_sha256(source)
     tensors = {
-        f"{name}.{key}": value.contiguous()
+        f"{name}.{key}": value.detach().cpu().contiguous()
         for name, model in models.items()
         for key, value in model.state_dict().items()
     }
@@ -593,7 +687,6 @@ def export_checkpoint(src: str | Path, dst: str | Path, *, trust_pickle: bool = 
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
-    logger.info("exported %s (%s) to %s: %s", src, metadata["source_sha256"][:12], dst, ", ".join(models))
     return metadata
 
 

@@ -29,8 +29,12 @@ HOP_SIZE = 320
 """STFT hop of the separator (samples): 100 frames per second at 32 kHz."""
 
 CONDITION_TYPES = {527: "at_soft", 2048: "emb"}
-"""Condition size → query-net output that produces it: the 527 AudioSet clipwise probabilities
-(``at_soft``) or the 2048-d Cnn14 embedding (``emb``)."""
+"""Condition size → query-net output that produces it in the upstream checkpoints: the 527 AudioSet
+clipwise probabilities (``at_soft``) or the 2048-d Cnn14 embedding (``emb``)."""
+
+PAPER_CHANNELS = (32, 64, 128, 256, 384, 384)
+"""Output channels of encoder blocks 1–6 of the paper's ResUNet30 (``pre_conv`` has the first, the
+bottleneck ``conv_block7a`` the last; the decoder mirrors them)."""
 
 _TIME_MULTIPLE = 32
 """The U-Net downsamples time 5 times by 2; frames are zero-padded to a multiple of 2**5."""
@@ -122,46 +126,68 @@ class ResUNet30(nn.Module):
     ``sigmoid(x₀)`` and phase rotation ``arg(tanh(x₁) + i·tanh(x₂))`` → ISTFT.
 
     Args:
-        condition_size: 527 (``at_soft``: AudioSet clipwise probabilities) or 2048 (``emb``: Cnn14
-            embedding).
+        condition_size: D: 527 (``at_soft``: AudioSet clipwise probabilities) or 2048 (``emb``: Cnn14
+            embedding) for the paper's models; any size with an explicit ``condition_type``.
+        channels: output channels of encoder blocks 1–6; :data:`PAPER_CHANNELS` is the paper's model,
+            smaller widths give the demo model (``models/demo_tiny.toml``).
+        condition_type: ``at_soft``, ``emb`` or ``onehot``; inferred from 527/2048 when omitted.
+        n_fft: STFT size in samples (hop 320 always); 2048 in the paper's model.
 
     Attributes:
         condition_size: ``D``.
-        condition_type: ``"at_soft"`` (D = 527) or ``"emb"`` (D = 2048): the query-net output to feed.
+        condition_type: the query-net output to feed (``at_soft``, ``emb`` or ``onehot``).
+        channels: the six encoder widths.
 
     Shape:
-        - mixture: ``(B, 1, L)`` float32 waveform at 32 kHz, any ``L > 1024``
+        - mixture: ``(B, 1, L)`` float32 waveform at 32 kHz, any ``L > n_fft // 2``
         - condition: ``(B, D)``, or ``(1, D)`` broadcast over the batch
         - output: ``(B, 1, L)`` float32, the separated waveform
 
     Raises:
-        ValueError: ``condition_size`` is neither 527 nor 2048.
+        ValueError: ``condition_size`` is neither 527 nor 2048 and no ``condition_type`` is given, or
+            ``channels`` is not six positive widths.
     """
 
-    def __init__(self, condition_size: int):
+    def __init__(self, condition_size: int, channels: tuple[int, ...] = PAPER_CHANNELS,
+                 condition_type: str | None = None, n_fft: int = N_FFT):
         super().__init__()
-        if condition_size not in CONDITION_TYPES:
-            raise ValueError(f"condition_size must be 527 (at_soft) or 2048 (emb), got {condition_size}")
+        if condition_type is None:
+            if condition_size not in CONDITION_TYPES:
+                raise ValueError(
+                    f"condition_size {condition_size} is neither 527 (at_soft) nor 2048 (emb): "
+                    "pass condition_type"
+                )
+            condition_type = CONDITION_TYPES[condition_size]
+        if len(channels) != 6 or any(int(c) < 1 for c in channels):
+            raise ValueError(f"channels must be 6 positive encoder widths, got {channels}")
+        if n_fft < HOP_SIZE or n_fft % 128:
+            raise ValueError(
+                f"n_fft must be a multiple of 128 (the U-Net halves frequency 6 times) and at least the hop "
+                f"({HOP_SIZE}), got {n_fft}"
+            )
+        self.n_fft = int(n_fft)
         self.condition_size = condition_size
-        self.condition_type = CONDITION_TYPES[condition_size]
+        self.condition_type = condition_type
+        self.channels = tuple(int(c) for c in channels)
         d = condition_size
-        self.register_buffer("window", torch.hann_window(N_FFT, periodic=True), persistent=False)
-        self.bn0 = nn.BatchNorm2d(N_FFT // 2 + 1, momentum=_BN_MOMENTUM)
-        self.pre_conv = nn.Conv2d(1, 32, kernel_size=1)
-        self.encoder_block1 = EncoderBlockRes1B(32, 32, (2, 2), d)
-        self.encoder_block2 = EncoderBlockRes1B(32, 64, (2, 2), d)
-        self.encoder_block3 = EncoderBlockRes1B(64, 128, (2, 2), d)
-        self.encoder_block4 = EncoderBlockRes1B(128, 256, (2, 2), d)
-        self.encoder_block5 = EncoderBlockRes1B(256, 384, (2, 2), d)
-        self.encoder_block6 = EncoderBlockRes1B(384, 384, (1, 2), d)
-        self.conv_block7a = EncoderBlockRes1B(384, 384, (1, 1), d)
-        self.decoder_block1 = DecoderBlockRes1B(384, 384, (1, 2), d)
-        self.decoder_block2 = DecoderBlockRes1B(384, 384, (2, 2), d)
-        self.decoder_block3 = DecoderBlockRes1B(384, 256, (2, 2), d)
-        self.decoder_block4 = DecoderBlockRes1B(256, 128, (2, 2), d)
-        self.decoder_block5 = DecoderBlockRes1B(128, 64, (2, 2), d)
-        self.decoder_block6 = DecoderBlockRes1B(64, 32, (2, 2), d)
-        self.after_conv = nn.Conv2d(32, 3, kernel_size=1)
+        c1, c2, c3, c4, c5, c6 = self.channels
+        self.register_buffer("window", torch.hann_window(self.n_fft, periodic=True), persistent=False)
+        self.bn0 = nn.BatchNorm2d(self.n_fft // 2 + 1, momentum=_BN_MOMENTUM)
+        self.pre_conv = nn.Conv2d(1, c1, kernel_size=1)
+        self.encoder_block1 = EncoderBlockRes1B(c1, c1, (2, 2), d)
+        self.encoder_block2 = EncoderBlockRes1B(c1, c2, (2, 2), d)
+        self.encoder_block3 = EncoderBlockRes1B(c2, c3, (2, 2), d)
+        self.encoder_block4 = EncoderBlockRes1B(c3, c4, (2, 2), d)
+        self.encoder_block5 = EncoderBlockRes1B(c4, c5, (2, 2), d)
+        self.encoder_block6 = EncoderBlockRes1B(c5, c6, (1, 2), d)
+        self.conv_block7a = EncoderBlockRes1B(c6, c6, (1, 1), d)
+        self.decoder_block1 = DecoderBlockRes1B(c6, c6, (1, 2), d)
+        self.decoder_block2 = DecoderBlockRes1B(c6, c5, (2, 2), d)
+        self.decoder_block3 = DecoderBlockRes1B(c5, c4, (2, 2), d)
+        self.decoder_block4 = DecoderBlockRes1B(c4, c3, (2, 2), d)
+        self.decoder_block5 = DecoderBlockRes1B(c3, c2, (2, 2), d)
+        self.decoder_block6 = DecoderBlockRes1B(c2, c1, (2, 2), d)
+        self.after_conv = nn.Conv2d(c1, 3, kernel_size=1)
 
     def forward(self, mixture: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """Separate the source described by ``condition`` from ``mixture`` (shapes in the class doc)."""
@@ -183,7 +209,7 @@ class ResUNet30(nn.Module):
 
         Shape:
             - waveform: ``(B, L)``
-            - outputs: three ``(B, 1, T, 1025)`` tensors, ``T = L // 320 + 1``
+            - outputs: three ``(B, 1, T, F)`` tensors, ``F = n_fft // 2 + 1`` (1025), ``T = L // 320 + 1``
         """
         stft = spectral.stft(waveform, self.window, HOP_SIZE)
         real = stft.real.transpose(1, 2)[:, None]
@@ -195,9 +221,9 @@ class ResUNet30(nn.Module):
         """The U-Net: the three mask logits, i.e. the output of ``after_conv`` (SEMANTICS §3.3 steps 1–7).
 
         Shape:
-            - mag: ``(B, 1, T, 1025)`` linear STFT magnitude
+            - mag: ``(B, 1, T, F)`` linear STFT magnitude (F = 1025 in the paper model)
             - condition: ``(B, D)`` or ``(1, D)``
-            - output: ``(B, 3, T_pad, 1024)``, ``T_pad`` = T rounded up to a multiple of 32; channels are
+            - output: ``(B, 3, T_pad, F − 1)``, ``T_pad`` = T rounded up to a multiple of 32; channels are
               (magnitude, real, imaginary) logits
         """
         if condition.dim() != 2 or condition.shape[1] != self.condition_size:
@@ -244,7 +270,7 @@ class ResUNet30(nn.Module):
         rotates the mixture phase.
 
         Shape:
-            - logits: ``(B, 3, T, 1025)``; mag, cos_in, sin_in: ``(B, 1, T, 1025)``
+            - logits: ``(B, 3, T, F)``; mag, cos_in, sin_in: ``(B, 1, T, F)``
             - output: ``(B, 1, length)``
         """
         mask_mag = torch.sigmoid(logits[:, 0:1])
