@@ -274,41 +274,109 @@ def compare(
     base: Annotated[Path, typer.Argument(help="baseline run folder (or items.parquet)")],
     candidate: Annotated[Path, typer.Argument(help="candidate run folder (or items.parquet)")],
     tolerance_db: Annotated[float, typer.Option(help="allowed drop of any aggregate (dB; MOS for PESQ)")] = 0.1,
+    two_sided: Annotated[bool, typer.Option(help="any change beyond the tolerance fails, not only drops")] = False,
+    update: Annotated[bool, typer.Option(help="after comparing, make CANDIDATE the new baseline in BASE (a folder)")] = False,
 ) -> None:
     """Compare two runs item by item; exit 1 when an aggregate drops by more than the tolerance."""
+    from harness.reports import write_baseline
+
+    failed = print_comparison(base, candidate, tolerance_db, two_sided)
+    if update:
+        write_baseline(candidate, base)
+        console.print(f"baseline {base} updated from {candidate}: review and commit {base}/aggregates.csv and summary.md")
+        return
+    if failed:
+        raise typer.Exit(1)
+
+
+def print_comparison(base: Path, candidate: Path, tolerance_db: float, two_sided: bool) -> bool:
+    """Print the comparison table; return True when it finds a regression (or, two-sided, a change)."""
     from harness.reports import compare_runs
 
-    cmp = compare_runs(base, candidate, tolerance_db)
-    table = Table(title=f"compare (tolerance {tolerance_db} dB)")
-    for col in ("dataset", "condition", "metric", "aggregate", "items", "base", "candidate", "delta", ""):
+    cmp = compare_runs(base, candidate, tolerance_db, two_sided=two_sided)
+    kind = "change" if two_sided else "drop"
+    table = Table(title=f"compare {candidate} with {base} (allowed {kind}: {tolerance_db})")
+    for col in ("system", "dataset", "condition", "metric", "aggregate", "items", "base", "candidate", "delta", ""):
         table.add_column(col, justify="right" if col in ("items", "base", "candidate", "delta") else "left")
-    for r in cmp.table.itertuples():
-        bad = r.delta < -tolerance_db
-        table.add_row(r.dataset, r.condition, r.metric, r.aggregate, str(r.items), f"{r.base:.3f}",
-                      f"{r.candidate:.3f}", f"{r.delta:+.3f}", "[red]REGRESSION[/red]" if bad else "ok")
+    bad_rows = set(cmp.regressions.index) if len(cmp.regressions) else set()
+    for idx, r in zip(cmp.table.index, cmp.table.itertuples(), strict=True):
+        table.add_row(r.system, r.dataset, r.condition, r.metric, r.aggregate, str(r.items), f"{r.base:.3f}",
+                      f"{r.candidate:.3f}", f"{r.delta:+.3f}", "[red]REGRESSION[/red]" if idx in bad_rows else "ok")
     console.print(table)
     for k, v in cmp.unpaired.items():
         if v:
             console.print(f"  {k}: {v} row(s)")
     if len(cmp.regressions) or cmp.newly_failing:
-        err.print(f"[red]{len(cmp.regressions)} aggregate(s) regressed beyond {tolerance_db}; "
+        err.print(f"[red]{len(cmp.regressions)} aggregate(s) beyond the allowed {kind} of {tolerance_db}; "
                   f"{cmp.newly_failing} item(s) stopped scoring[/red]")
-        raise typer.Exit(1)
+        return True
     console.print("no regression")
+    return False
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option(help="training recipe, e.g. models/resunet30_at_soft.toml")] = None,
+    root: Annotated[list[str] | None, typer.Option(
+        "--root", help="corpus root: DIR (one source) or DATASET=DIR (repeatable) [the config's, env, uss-bench.toml]")] = None,
+    steps: Annotated[int | None, typer.Option(help="total steps to reach [the config's]")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda (cuda:LOCAL_RANK under torchrun)")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="run folder [runs/<config name>]")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue the run in this folder from its newest checkpoint")] = None,
+    query_checkpoint: Annotated[Path | None, typer.Option(help="Cnn14 checkpoint for [query] net = cnn14")] = None,
+    sed_checkpoint: Annotated[Path | None, typer.Option(help="Cnn14_DecisionLevelMax checkpoint for anchor = sed")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a ResUNet30 + FiLM separator (paper Alg. 1–2, upstream recipe); `torchrun -m harness train` for DDP."""
+    from harness.errors import ConfigError
+    from harness.train import TrainConfig, resolve_source_roots
+    from harness.train import train as run_train
+
+    if resume is not None:
+        if config is None:
+            config = resume / "config.toml"
+        out = out or resume
+        if out != resume:
+            raise ConfigError(f"--resume {resume} continues that run; --out {out} must be the same folder or omitted")
+    if config is None:
+        raise ConfigError("pass --config models/NAME.toml (or --resume RUN)")
+    cfg = TrainConfig.from_toml(config)
+    if query_checkpoint:
+        cfg.query_checkpoint = str(query_checkpoint.resolve())
+    if sed_checkpoint:
+        cfg.sed_checkpoint = str(sed_checkpoint.resolve())
+    roots = resolve_source_roots(cfg, list(root or []))
+    run = out or Path("runs") / cfg.name
+    result = run_train(cfg, roots, run, steps=steps, device=device, resume=resume is not None,
+                       progress=not _quiet(quiet), console=console)
+    if int(os.environ.get("RANK", "0")) == 0:
+        val = "—" if result.val_sdri is None else f"{result.val_sdri:.2f} dB"
+        console.print(f"trained {cfg.name}: {result.steps} steps in {result.seconds:.0f} s, final loss "
+                      f"{result.final_loss:.4f}, validation SDRi {val}; model: {result.model}")
 
 
 @app.command()
 def demo(
     out: Annotated[Path | None, typer.Option(help="report folder [reports/demo]")] = None,
     workdir: Annotated[Path | None, typer.Option(help="work folder [a fresh temporary one]")] = None,
-    jobs: int = 1,
+    jobs: Annotated[int, typer.Option(help="render / metric workers (results do not depend on it)")] = 1,
+    update_baseline: Annotated[bool, typer.Option(
+        help="make this run the committed demo table (reports/baselines/demo); review and commit the diff")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """The main job on the embedded demo corpora (datasets/demo): build → eval baselines → report."""
-    from harness.demo import run_demo
+    """The main job on the embedded demo corpora: build → embed queries → eval the demo model → report → compare."""
+    from harness.demo import DEMO_BASELINE, DEMO_TOLERANCE_DB, run_demo
 
-    summary = run_demo(out or Path("reports") / "demo", workdir, jobs=jobs, quiet=_quiet(quiet), console=console)
-    console.print(f"summary: {summary}")
+    out = out or Path("reports") / "demo"
+    result = run_demo(out, workdir, jobs=jobs, quiet=_quiet(quiet), console=console, update_baseline=update_baseline)
+    console.print(result.summary.read_text().split("\n## ")[0])
+    console.print(f"summary: {result.summary}")
+    if result.comparison is None:
+        return
+    if print_comparison(DEMO_BASELINE, out, DEMO_TOLERANCE_DB, two_sided=True):
+        err.print("the demo's numbers changed. If the change is intended, refresh the table with "
+                  "`uss-bench demo --update-baseline` and commit reports/baselines/demo with the change.")
+        raise typer.Exit(1)
 
 
 def main() -> None:
