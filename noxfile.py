@@ -46,6 +46,6 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job on the embedded demo corpora: ``uss-bench demo`` (pass ``-- --out DIR``)."""
+    """The main job on the embedded demo corpora: ``uss-bench demo`` (``-- --out DIR``, ``-- --update-baseline``)."""
     _install(session)
     session.run("uss-bench", "demo", *session.posargs)

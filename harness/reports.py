@@ -32,18 +32,22 @@ TABLE2 = (
     # (column key, header, dataset, metric, condition preference, aggregate)
     ("audioset_sdri_oracle", "AudioSet SDRi ora. emb", "audioset", "sdri", ("oracle", "none"), "class-median-mean"),
     ("audioset_sdri_average", "AudioSet SDRi avg. emb", "audioset", "sdri", ("average", "none"), "class-median-mean"),
-    ("fsdkaggle2018_sdr", "FSDK2018 SDR", "fsdkaggle2018", "sdr", ("average", "none"), "class-median-mean"),
-    ("fsdkaggle2018_sdri", "FSDK2018 SDRi", "fsdkaggle2018", "sdri", ("average", "none"), "class-median-mean"),
-    ("fsd50k_sdr", "FSD50K SDR", "fsd50k", "sdr", ("average", "none"), "class-median-mean"),
-    ("fsd50k_sdri", "FSD50K SDRi", "fsd50k", "sdri", ("average", "none"), "class-median-mean"),
-    ("musdb18_sdr", "MUSDB18 SDR", "musdb18", "musdb_sdr", ("average", "none"), "class-median-mean"),
-    ("musdb18_sdri", "MUSDB18 SDRi", "musdb18", "musdb_sdri", ("average", "none"), "class-median-mean"),
-    ("slakh2100_sdr", "Slakh2100 SDR", "slakh2100", "sdr", ("average", "none"), "class-median-mean"),
-    ("slakh2100_sdri", "Slakh2100 SDRi", "slakh2100", "sdri", ("average", "none"), "class-median-mean"),
-    ("voicebank_pesq", "Voicebank PESQ", "voicebank-demand", "pesq", ("average", "none"), "median"),
-    ("voicebank_ssnr", "Voicebank SSNR", "voicebank-demand", "ssnr", ("average", "none"), "median"),
+    ("fsdkaggle2018_sdr", "FSDK2018 SDR", "fsdkaggle2018", "sdr", ("average", "oracle", "none"), "class-median-mean"),
+    ("fsdkaggle2018_sdri", "FSDK2018 SDRi", "fsdkaggle2018", "sdri", ("average", "oracle", "none"), "class-median-mean"),
+    ("fsd50k_sdr", "FSD50K SDR", "fsd50k", "sdr", ("average", "oracle", "none"), "class-median-mean"),
+    ("fsd50k_sdri", "FSD50K SDRi", "fsd50k", "sdri", ("average", "oracle", "none"), "class-median-mean"),
+    ("musdb18_sdr", "MUSDB18 SDR", "musdb18", "musdb_sdr", ("average", "oracle", "none"), "class-median-mean"),
+    ("musdb18_sdri", "MUSDB18 SDRi", "musdb18", "musdb_sdri", ("average", "oracle", "none"), "class-median-mean"),
+    ("slakh2100_sdr", "Slakh2100 SDR", "slakh2100", "sdr", ("average", "oracle", "none"), "class-median-mean"),
+    ("slakh2100_sdri", "Slakh2100 SDRi", "slakh2100", "sdri", ("average", "oracle", "none"), "class-median-mean"),
+    ("voicebank_pesq", "Voicebank PESQ", "voicebank-demand", "pesq", ("average", "oracle", "none"), "median"),
+    ("voicebank_ssnr", "Voicebank SSNR", "voicebank-demand", "ssnr", ("average", "oracle", "none"), "median"),
 )
-"""The paper's Table 2 columns and how each is computed from ``items.parquet``."""
+"""The paper's Table 2 columns and how each is computed from ``items.parquet``.
+
+A cell uses the first condition of its preference list that the system has rows for: average queries
+as in the paper; a run evaluated with oracle queries only (system name ending ``[oracle]``) fills the
+columns from its oracle rows; baselines have ``none``."""
 
 HEADLINE = {
     "audioset": ("sdri",), "fsdkaggle2018": ("sdr", "sdri"), "fsd50k": ("sdr", "sdri"),
@@ -286,35 +290,78 @@ class Comparison:
     """Items ``ok`` in the baseline but not in the candidate (they count as a regression)."""
 
 
-def compare_runs(base: str | Path, cand: str | Path, tolerance_db: float = 0.1) -> Comparison:
+def compare_runs(base: str | Path, cand: str | Path, tolerance_db: float = 0.1, two_sided: bool = False
+                 ) -> Comparison:
     """Pair rows by ``(dataset, condition, item_id)`` and compare each Table 2 aggregate.
 
+    Runs holding one system each are paired whatever the systems' names (a new checkpoint against an old
+    one). Runs holding several systems (e.g. the demo: baselines and the demo model) are paired per
+    system too, by ``(system, dataset, condition, item_id)``.
+
     A regression is an aggregate of the candidate lower than the baseline's by more than
-    ``tolerance_db`` (applied as is to PESQ, in MOS). Aggregates use the rows that are ``ok`` in both runs.
+    ``tolerance_db`` (applied as is to PESQ, in MOS); with ``two_sided`` any change beyond the tolerance
+    counts (a golden table, such as the demo's, must be refreshed deliberately, also when it improves).
+    Aggregates use the rows that are ``ok`` in both runs.
 
     Raises:
         UssBenchError: unreadable inputs, or no item in common.
     """
     a, b = load_items(base), load_items(cand)
-    key = ["dataset", "condition", "item_id"]
+    multi = a["system"].nunique() > 1 or b["system"].nunique() > 1
+    key = (["system"] if multi else []) + ["dataset", "condition", "item_id"]
     if a.duplicated(key).any() or b.duplicated(key).any():
-        raise UssBenchError("a run has duplicate (dataset, condition, item_id) rows; compare needs one system per run")
+        raise UssBenchError(f"a run has duplicate ({', '.join(key)}) rows; cannot pair them")
+    if not multi:
+        b = b.assign(system=a["system"].iloc[0] if len(a) else "")
     merged = a.merge(b, on=key, suffixes=("_base", "_cand"))
+    if not multi:
+        merged["system"] = merged["system_base"]
     if merged.empty:
-        raise UssBenchError(f"{base} and {cand} have no item in common (pairs by dataset, condition, item_id)")
+        raise UssBenchError(f"{base} and {cand} have no item in common (pairs by {', '.join(key)})")
     unpaired = {"base_only": len(a) - len(merged), "candidate_only": len(b) - len(merged)}
     both_ok = merged[(merged["status_base"] == "ok") & (merged["status_cand"] == "ok")]
     rows = []
-    for (dataset, cond), sub in both_ok.groupby(["dataset", "condition"], sort=False):
+    for (system, dataset, cond), sub in both_ok.groupby(["system", "dataset", "condition"], sort=False):
         how = "median" if dataset == "voicebank-demand" else "class-median-mean"
         for metric in HEADLINE.get(dataset, ("sdri",)):
             va = aggregate(sub[f"{metric}_base"], sub["label_base"], how)
             vb = aggregate(sub[f"{metric}_cand"], sub["label_base"], how)
-            rows.append({"dataset": dataset, "condition": cond, "metric": metric, "aggregate": how,
-                         "items": len(sub), "base": va, "candidate": vb, "delta": vb - va})
+            rows.append({"system": system, "dataset": dataset, "condition": cond, "metric": metric,
+                         "aggregate": how, "items": len(sub), "base": va, "candidate": vb, "delta": vb - va})
     failing = (merged["status_base"] == "ok") & (merged["status_cand"] != "ok")
     for dataset, n in merged[failing].groupby("dataset").size().items():
         unpaired[f"{dataset}: ok in base, not scored in candidate"] = int(n)
     table = pd.DataFrame(rows)
-    regressions = table[table["delta"] < -tolerance_db] if len(table) else table
+    if len(table):
+        off = table["delta"].abs() > tolerance_db if two_sided else table["delta"] < -tolerance_db
+        regressions = table[off | ~np.isfinite(table["delta"]) & np.isfinite(table["base"])]
+    else:
+        regressions = table
     return Comparison(table=table, regressions=regressions, unpaired=unpaired, newly_failing=int(failing.sum()))
+
+
+def write_baseline(run: str | Path, baseline_dir: str | Path) -> Path:
+    """Make ``run`` the new baseline: copy its ``items.parquet`` and write ``summary.md`` and
+    ``aggregates.csv`` (one line per system, dataset, condition and Table 2 metric) into ``baseline_dir``.
+
+    ``aggregates.csv`` is text, so a refreshed baseline shows up as a readable diff in review.
+
+    Returns:
+        ``baseline_dir``.
+    """
+    from harness.datasets.store import atomic_write_parquet, atomic_write_text
+
+    items = load_items(run)
+    out = Path(baseline_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_parquet(items, out / "items.parquet")
+    ok = items[items["status"] == "ok"]
+    lines = ["system,dataset,condition,metric,aggregate,items,value"]
+    for (system, dataset, cond), sub in ok.groupby(["system", "dataset", "condition"], sort=True):
+        how = "median" if dataset == "voicebank-demand" else "class-median-mean"
+        for metric in HEADLINE.get(dataset, ("sdri",)):
+            lines.append(f"{system},{dataset},{cond},{metric},{how},{len(sub)},"
+                         f"{aggregate(sub[metric], sub['label'], how):.4f}")
+    atomic_write_text(out / "aggregates.csv", "\n".join(lines) + "\n")
+    render_report(out)
+    return out
