@@ -422,6 +422,21 @@ def _channel_sum(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return acc
 
 
+_DOT_BLOCK = 8192
+"""Samples per ``np.dot`` in :func:`_sum_squares`: OpenBLAS runs ``ddot`` on one thread up to 10,000
+elements; a thread hand-off per frame costs more than the sum itself on a loaded machine."""
+
+
+def _sum_squares(x: np.ndarray) -> float:
+    """``Σ x²`` of a float64 array (any shape), as BLAS dot products of at most ``_DOT_BLOCK`` samples."""
+    flat = x.reshape(-1)
+    total = 0.0
+    for i in range(0, flat.shape[0], _DOT_BLOCK):
+        block = flat[i : i + _DOT_BLOCK]
+        total += float(np.dot(block, block))
+    return total
+
+
 def _frame_silent(x: np.ndarray, buf: np.ndarray) -> bool:
     """museval's silence test of one frame: the channel sum is exactly 0 at every sample."""
     if _channel_sum(x[:_SILENCE_PROBE], buf).any():  # the common case, decided on the first samples
@@ -451,7 +466,7 @@ def musdb_sdr_frames(ref, est, sample_rate: int) -> np.ndarray:
     (museval ``_any_source_silent``). A frame with ``ŝ == s`` exactly is +inf (museval ``_safe_db``).
 
     Speed: one pass per frame over cache-sized float64 copies (no whole-signal temporaries); about
-    4 ms for 12 s of 44.1-kHz stereo on one core, where museval takes seconds per source.
+    3 ms for 12 s of 44.1-kHz stereo on one core, where museval takes seconds per source.
 
     Args:
         ref: ``(L,)`` mono or ``(L, C)`` multichannel reference image; float or integer samples, read
@@ -495,9 +510,8 @@ def musdb_sdr_frames(ref, est, sample_rate: int) -> np.ndarray:
             if _frame_silent(rk, sbuf) or _frame_silent(ek, sbuf):
                 out[k] = np.nan
                 continue
-            num = float(np.einsum("ij,ij->", rk, rk))
-            diff = np.subtract(ek, rk, out=ebuf)
-            den = float(np.einsum("ij,ij->", diff, diff))
+            num = _sum_squares(rk)
+            den = _sum_squares(np.subtract(ek, rk, out=ebuf))
             out[k] = math.inf if den == 0.0 else 10.0 * np.log10(num / den)
     return out
 

@@ -395,7 +395,7 @@ def _cut_sources(sources: list[tuple[AudioRef, list[tuple[int, int]]]], corpus: 
 
 
 def _render_clip_window(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor: str,
-                        opts: BuildOptions) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+                        opts: BuildOptions) -> tuple[np.ndarray, list[np.ndarray], list[dict[str, Any]]]:
     """Render clip items (AudioSet, FSDKaggle2018, FSD50K) source first; bit-identical to :func:`render_item`.
 
     Each distinct source file of ``specs`` is decoded and resampled once (in parallel with
@@ -404,8 +404,9 @@ def _render_clip_window(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor
     :func:`render_item` does (same segments, same float32 gain and sum, same hashes).
 
     Returns:
-        ``(mixtures, targets, rows)``: float32 ``(len(specs), seg)`` arrays and the manifest fields of
-        each item (as :func:`render_item` returns them, without the audio).
+        ``(mixtures, targets, rows)``: the float32 ``(len(specs), seg)`` mixtures, each item's float32
+        ``(seg,)`` target (shared, read-only, between items with the same segment) and the manifest
+        fields of each item (as :func:`render_item` returns them, without the audio).
     """
     sr = cfg["sample_rate"]
     seg = int(round(sr * cfg["segment_seconds"]))
@@ -421,7 +422,7 @@ def _render_clip_window(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor
     cuts = {ref: c for b, out in zip(batches, done, strict=True) for (ref, _), c in zip(b, out, strict=True)}
     mix_cfg = cfg["mixing"]
     mixtures = np.empty((len(specs), seg), dtype=np.float32)
-    targets = np.empty((len(specs), seg), dtype=np.float32)
+    targets: list[np.ndarray] = []
     energies: dict[tuple[AudioRef, Any], float] = {}
     target_hashes: dict[tuple[AudioRef, Any], str] = {}
 
@@ -441,7 +442,7 @@ def _render_clip_window(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor
         # target + float32(gain)·interferer in float32 (IEEE addition commutes: the bytes of render_item)
         np.multiply(interferer, np.float32(gain), out=mixtures[i])
         np.add(mixtures[i], target, out=mixtures[i])
-        targets[i] = target
+        targets.append(target)
         if t_key not in target_hashes:
             target_hashes[t_key] = array_sha256(target)
         rows.append(dict(target_onset_s=t_on / sr, interferer_onset_s=i_on / sr, interferer_gain=gain,

@@ -26,6 +26,20 @@ def test_energy_gain_hand_computed():
     assert energy_gain(t, np.zeros(100, np.float32), 0.02, 50) == 50.0  # silent interferer
 
 
+def test_array_sha256_is_the_float32_little_endian_bytes():
+    import hashlib
+
+    from harness.datasets.store import array_sha256
+
+    x = np.random.default_rng(1).standard_normal(1001)
+    expected = hashlib.sha256(x.astype("<f4").tobytes()).hexdigest()
+    assert array_sha256(x) == expected  # float64 input is cast
+    assert array_sha256(x.astype(">f4")) == expected  # big-endian input is byte-swapped
+    y = np.repeat(x.astype(np.float32), 2)[::2]  # a strided view
+    assert array_sha256(y) == expected
+    assert array_sha256(np.zeros(0, np.float32)) == hashlib.sha256(b"").hexdigest()
+
+
 @pytest.fixture(scope="module")
 def fsdk_builds(dev_data, tmp_path_factory):
     root = dev_data / "fsdkaggle2018"
