@@ -453,8 +453,8 @@ def musdb_sdr_frames(ref, est, sample_rate: int) -> np.ndarray:
     distortion filters (the Gram/Toeplitz solves that make museval slow) cancel out of the SDR. So it is
     the framewise SNR ``10·log10( Σ s² / Σ (ŝ − s)² )``, sums over the frame's samples and channels in
     float64, and no filter is estimated here. Verified against museval 0.4.1 to < 1e-9 dB
-    (tests/test_metrics.py; measured ≤ 7.2e-15 dB on the dev tracks); ISR/SIR/SAR do depend on the filters and are not
-    computed.
+    (tests/test_metrics.py; measured ≤ 7.2e-15 dB on the dev tracks); ISR/SIR/SAR do depend on the
+    filters and are not computed.
 
     Framing (museval ``Framing`` with window = hop = ``sample_rate`` samples, i.e. 1 s):
 
@@ -688,7 +688,7 @@ below OpenBLAS's multithreading threshold, whose thread hand-off costs more than
 
 
 def _ssnr_geometry(sr: int, length: int) -> tuple[int, int, int]:
-    """``(N, hop, n_frames)`` of Loizou's ``comp_snr.m`` for ``length`` samples at ``sr`` Hz (see :func:`ssnr`).
+    """``(N, hop, n_frames)`` of Loizou's ``comp_snr.m`` for ``length`` samples at ``sr`` Hz (:func:`ssnr`).
 
     Raises:
         ValueError: ``sr`` too low for a frame of 4 samples, or no whole frame left.
