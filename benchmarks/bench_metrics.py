@@ -110,10 +110,11 @@ def musdb_sdr(ctx: Context) -> dict[str, Any]:
     configs = [main]
     if not ctx.quick:
         configs.append(_compare(track, 44100, stereo=True, kinds=kinds, repeat=20, log=ctx.log))
+    per_call = "; ".join(f"{c['config']}: {c['museval_s'] / c['pairs']:.2f} s" for c in configs)
     notes = [
         f"Dev track {track.name!r} is only {seconds:.1f} s long (the longest in data/dev; a real MUSDB18 test "
         "track is ~3-4 min). Both sides scale linearly with the number of 1-s frames, so the ratio "
-        "carries over; museval's own time here is ~1 s (mono) / ~2.5 s (stereo) per 12-s source.",
+        f"carries over. museval per {seconds:.0f}-s source here: {per_call}.",
         "Headline timing: the harness's evaluation setting (mono mean, soxr HQ to 32 kHz, as the eval "
         "runner reads MUSDB18). Each museval call scores one source image (the per-target protocol of "
         "harness.metrics, DESIGN §9), so the silent-frame rule is per target.",
