@@ -32,7 +32,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -395,18 +395,19 @@ def _cut_sources(sources: list[tuple[AudioRef, list[tuple[int, int]]]], corpus: 
 
 
 def _render_clip_window(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor: str,
-                        opts: BuildOptions) -> tuple[np.ndarray, list[np.ndarray], list[dict[str, Any]]]:
+                        opts: BuildOptions) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
     """Render clip items (AudioSet, FSDKaggle2018, FSD50K) source first; bit-identical to :func:`render_item`.
 
     Each distinct source file of ``specs`` is decoded and resampled once (in parallel with
-    ``opts.jobs``), each distinct segment cut once (:func:`_segment_key`), and the sha256 of a target
-    segment used by several items is computed once. Items are then summed in spec order exactly as
-    :func:`render_item` does (same segments, same float32 gain and sum, same hashes).
+    ``opts.jobs``), each distinct segment cut once (:func:`_segment_key`), and the energy and the
+    sha256 of a segment used by several items are computed once. Items are then summed in spec order
+    exactly as :func:`render_item` does (same segments, same float32 gain and sum, same hashes).
 
-    Returns:
-        ``(mixtures, targets, rows)``: the float32 ``(len(specs), seg)`` mixtures, each item's float32
-        ``(seg,)`` target (shared, read-only, between items with the same segment) and the manifest
-        fields of each item (as :func:`render_item` returns them, without the audio).
+    Yields:
+        per item, in spec order, ``(mixture, target, row)``: float32 ``(seg,)`` arrays and the manifest
+        fields (as :func:`render_item` returns them, without the audio). ``mixture`` is one buffer
+        overwritten by the next item and ``target`` is shared between items with the same segment:
+        consume (write) them before advancing, never modify them.
     """
     sr = cfg["sample_rate"]
     seg = int(round(sr * cfg["segment_seconds"]))
@@ -421,8 +422,7 @@ def _render_clip_window(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor
     )
     cuts = {ref: c for b, out in zip(batches, done, strict=True) for (ref, _), c in zip(b, out, strict=True)}
     mix_cfg = cfg["mixing"]
-    mixtures = np.empty((len(specs), seg), dtype=np.float32)
-    targets: list[np.ndarray] = []
+    mixture = np.empty(seg, dtype=np.float32)
     energies: dict[tuple[AudioRef, Any], float] = {}
     target_hashes: dict[tuple[AudioRef, Any], str] = {}
 
@@ -431,8 +431,7 @@ def _render_clip_window(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor
             energies[key] = signal_energy(x)
         return energies[key]
 
-    rows = []
-    for i, spec in enumerate(specs):
+    for spec in specs:
         t_key = (spec.target, _segment_key(anchor, spec.anchor_seeds[0], spec.class_id))
         i_key = (spec.interferer, _segment_key(anchor, spec.anchor_seeds[1], spec.interferer_class_id))
         target, t_on = cuts[t_key[0]][t_key[1]]
@@ -440,15 +439,13 @@ def _render_clip_window(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor
         gain = _gain_from_energies(energy(t_key, target), energy(i_key, interferer), mix_cfg["gain_min"],
                                    mix_cfg["gain_max"]) if mix_cfg.get("energy_match", True) else 1.0
         # target + float32(gain)·interferer in float32 (IEEE addition commutes: the bytes of render_item)
-        np.multiply(interferer, np.float32(gain), out=mixtures[i])
-        np.add(mixtures[i], target, out=mixtures[i])
-        targets.append(target)
+        np.multiply(interferer, np.float32(gain), out=mixture)
+        np.add(mixture, target, out=mixture)
         if t_key not in target_hashes:
             target_hashes[t_key] = array_sha256(target)
-        rows.append(dict(target_onset_s=t_on / sr, interferer_onset_s=i_on / sr, interferer_gain=gain,
-                         sha256_mixture=array_sha256(mixtures[i]), sha256_target=target_hashes[t_key],
-                         num_samples=seg))
-    return mixtures, targets, rows
+        yield mixture, target, dict(target_onset_s=t_on / sr, interferer_onset_s=i_on / sr, interferer_gain=gain,
+                                    sha256_mixture=array_sha256(mixture), sha256_target=target_hashes[t_key],
+                                    num_samples=seg)
 
 
 CLIP_SAMPLES = 320000
@@ -626,41 +623,48 @@ def _render_to_h5(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor: str,
         mix = h5.create_dataset("mixture", shape=(n, seg), dtype="float32", chunks=(1, seg))
         tgt = h5.create_dataset("target", shape=(n, seg), dtype="float32", chunks=(1, seg))
         if all(s.mixture is None for s in specs):  # clip corpora: decode each source once per window
+            write_mix, write_tgt = _RowWriter(mix), _RowWriter(tgt)
             for start in range(0, n, RENDER_WINDOW):
                 window = specs[start: start + RENDER_WINDOW]
-                mixtures, targets, window_rows = _render_clip_window(window, corpus, cfg, anchor, opts)
-                for i in range(len(window)):  # row by row, mixture then target: the file's chunk order
-                    _write_row(mix, start + i, mixtures[i])
-                    _write_row(tgt, start + i, targets[i])
-                rows.extend(window_rows)
+                for mixture, target, row in _render_clip_window(window, corpus, cfg, anchor, opts):
+                    write_mix(len(rows), mixture)  # row by row, mixture then target: the file's chunk order
+                    write_tgt(len(rows), target)
+                    rows.append(row)
                 if progress:
                     progress(len(rows), n)
             return rows
         results = Parallel(n_jobs=opts.jobs, return_as="generator")(
             delayed(_render_batch)(b, corpus, cfg, anchor, opts.sed_checkpoint) for b in batches
         )
+        write_mix, write_tgt = _RowWriter(mix), _RowWriter(tgt)
         for out in results:
             for r in out:
-                i = len(rows)
-                mix[i] = r.pop("mixture")
-                tgt[i] = r.pop("target")
+                write_mix(len(rows), r.pop("mixture"))
+                write_tgt(len(rows), r.pop("target"))
                 rows.append(r)
             if progress:
                 progress(len(rows), n)
     return rows
 
 
-def _write_row(dataset: h5py.Dataset, row: int, values: np.ndarray) -> None:
-    """``dataset[row] = values`` for a float32 ``(N, L)`` dataset: the same ``H5Dwrite`` of one row (the
-    same file bytes), without h5py's Python selection parsing (about half the cost per row).
+class _RowWriter:
+    """``dataset[row] = values`` for a float32 ``(N, L)`` dataset: the same ``H5Dwrite`` of one row (so
+    the same file bytes) without h5py's per-call Python selection parsing and dataspace objects.
 
-    (``write_direct_chunk`` would be cheaper still but allocates chunks elsewhere in the file, which
+    (``write_direct_chunk`` would be cheaper still but allocates the chunks elsewhere in the file, which
     changes the file's bytes.)
     """
-    values = np.ascontiguousarray(values, dtype=np.float32).reshape(1, -1)
-    file_space = dataset.id.get_space()
-    file_space.select_hyperslab((row, 0), values.shape)
-    dataset.id.write(h5py.h5s.create_simple(values.shape), file_space, values)
+
+    def __init__(self, dataset: h5py.Dataset):
+        self._id = dataset.id
+        self._length = dataset.shape[1]
+        self._file_space = dataset.id.get_space()
+        self._mem_space = h5py.h5s.create_simple((1, self._length))
+
+    def __call__(self, row: int, values: np.ndarray) -> None:
+        values = np.ascontiguousarray(values, dtype=np.float32).reshape(1, self._length)
+        self._file_space.select_hyperslab((row, 0), (1, self._length))
+        self._id.write(self._mem_space, self._file_space, values)
 
 
 def _virtual_row(spec: ItemSpec, sr: int) -> dict[str, Any]:
