@@ -1,4 +1,7 @@
-"""Sessions: ``tests`` (default), ``lint``, ``demo``. Each installs the pinned set of constraints.txt."""
+"""Sessions: ``tests`` (default), ``lint``, ``demo``, ``bench``. Each installs the pinned set of constraints.txt.
+
+``bench`` is never a default session and CI does not run it: timings need a quiet machine.
+"""
 
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff over the code."""
     session.install("-c", CONSTRAINTS, "ruff")
-    session.run("ruff", "check", "harness", "tests", "noxfile.py")
+    session.run("ruff", "check", "harness", "tests", "benchmarks", "noxfile.py")
 
 
 @nox.session
@@ -49,3 +52,14 @@ def demo(session: nox.Session) -> None:
     """The main job on the embedded demo corpora: ``uss-bench demo`` (``-- --out DIR``, ``-- --update-baseline``)."""
     _install(session)
     session.run("uss-bench", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: ``benchmarks/run.py`` (pass ``-- --only NAME --quick``); updates reports/benchmarks/.
+
+    Exits non-zero when a target is missed (1) or a benchmark fails (2), after writing the reports.
+    """
+    _ensure_ffmpeg(session)
+    _install(session)
+    session.run("python", "benchmarks/run.py", *session.posargs)

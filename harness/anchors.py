@@ -11,11 +11,18 @@ Three rules, each returning ``(begin_sample, end_sample)`` with ``end − begin 
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from harness import SAMPLE_RATE, SEGMENT_SAMPLES
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where the SED rule needs it: energy and random anchors (build-mixtures without an
+# SED) then do not pay torch's multi-second import.
 
 FRAMES_PER_SECOND = 100
 """Frame rate of the SED's ``framewise_output``."""
@@ -29,7 +36,8 @@ SEGMENT_FRAMES = int(SEGMENT_SAMPLES / HOP_SAMPLES) + 1
 
 def _as_array(framewise: np.ndarray | torch.Tensor) -> np.ndarray:
     """``framewise`` as a 2-D float32 numpy array (torch tensors may live on any device)."""
-    if isinstance(framewise, torch.Tensor):
+    torch_mod = sys.modules.get("torch")  # a tensor implies torch was imported
+    if torch_mod is not None and isinstance(framewise, torch_mod.Tensor):
         framewise = framewise.detach().cpu().numpy()
     framewise = np.asarray(framewise, dtype=np.float32)
     if framewise.ndim != 2:
@@ -53,6 +61,9 @@ def anchor_scores(framewise: np.ndarray | torch.Tensor, class_id: int) -> np.nda
     Raises:
         ValueError: ``framewise`` is not 2-D.
     """
+    import torch
+    import torch.nn.functional as F
+
     prob = torch.from_numpy(_as_array(framewise)[:, class_id].copy())
     half = SEGMENT_FRAMES // 2
     padded = F.pad(prob[None, None], (half, half), mode="replicate")

@@ -6,7 +6,10 @@ Two steps, as in descript audiotools' "sample a spec, persist it, then render it
    ``numpy.random.default_rng(SeedSequence([seed, key(dataset), key(split), key(label)]))``, one stream
    per class, and written into an :class:`ItemSpec`. A spec holds everything needed to render its item.
 2. **Render** (parallel with joblib, ``--jobs N``): a pure function of the spec. Results come back in
-   spec order, so the set is bit-identical for any number of workers.
+   spec order, so the set is bit-identical for any number of workers. Clip corpora are rendered source
+   first (:func:`_render_clip_window`): each source file a window of items needs is decoded and resampled
+   once, every distinct 2-s segment cut from it once, then the items are summed from those segments;
+   the bytes are those of :func:`render_item` applied to each spec.
 
 Protocol ``uss-paper`` (DESIGN §4, the paper §5.1 and the upstream evaluation scripts):
 
@@ -29,7 +32,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,8 +269,15 @@ def energy_gain(target: np.ndarray, interferer: np.ndarray, lo: float, hi: float
 
     A silent interferer gets ``hi`` (it stays silent). Source: the upstream ``get_energy_ratio``.
     """
-    e_t = float(np.sum(np.square(target, dtype=np.float64)))
-    e_i = float(np.sum(np.square(interferer, dtype=np.float64)))
+    return _gain_from_energies(signal_energy(target), signal_energy(interferer), lo, hi)
+
+
+def signal_energy(x: np.ndarray) -> float:
+    """``Σ x²`` in float64 (the energies of :func:`energy_gain`)."""
+    return float(np.sum(np.square(x, dtype=np.float64)))
+
+
+def _gain_from_energies(e_t: float, e_i: float, lo: float, hi: float) -> float:
     ratio = math.sqrt(e_t / e_i) if e_i > 0 else hi
     return float(min(max(ratio, lo), hi))
 
@@ -333,6 +343,109 @@ def _render_batch(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor: str,
                   sed_checkpoint: str | None) -> list[dict[str, Any]]:
     anchor_fn = _sed_anchor_fn(sed_checkpoint) if anchor == "sed" else None
     return [render_item(s, corpus, cfg, anchor, anchor_fn) for s in specs]
+
+
+RENDER_WINDOW = 512
+"""Items rendered together from one decode of their sources (clip corpora).
+
+A window holds at most ``2 × RENDER_WINDOW`` distinct segments (256 KiB each at 2 s, 32 kHz: ≤ 256 MiB),
+so memory stays bounded by the window, not by the set. A source used by items of several windows is
+decoded once per window; every dev set fits in one window (each file is read once).
+"""
+
+SOURCE_BATCH = 8
+"""Source files per joblib task in the decode step."""
+
+
+def _segment_key(anchor: str, seed: int, class_id: int) -> int | None:
+    """What a segment depends on besides the clip: the seed (``random``), the class (``sed``), or nothing.
+
+    Two uses of one clip with the same key get the same :func:`_segment` output, so it is cut once.
+    """
+    if anchor == "random":
+        return int(seed)
+    if anchor == "sed":
+        return int(class_id)
+    return None
+
+
+def _cut_sources(sources: list[tuple[AudioRef, list[tuple[int, int]]]], corpus: Corpus, cfg: dict,
+                 anchor: str, sed_checkpoint: str | None) -> list[dict[Any, tuple[np.ndarray, int]]]:
+    """Decode each source once and cut its distinct segments.
+
+    Args:
+        sources: ``(ref, [(seed, class_id), ...])`` per source file: the segment requests of its uses.
+
+    Returns:
+        per source, ``{segment key: (segment float32 (seg,), begin sample)}`` (:func:`_segment_key`).
+    """
+    sr = cfg["sample_rate"]
+    seg = int(round(sr * cfg["segment_seconds"]))
+    anchor_fn = _sed_anchor_fn(sed_checkpoint) if anchor == "sed" else None
+    out = []
+    for ref, requests in sources:
+        x = corpus.read(ref, sr)
+        cuts: dict[Any, tuple[np.ndarray, int]] = {}
+        for seed, class_id in requests:
+            key = _segment_key(anchor, seed, class_id)
+            if key not in cuts:
+                cuts[key] = _segment(x, seg, anchor, seed, class_id, anchor_fn)
+        out.append(cuts)
+    return out
+
+
+def _render_clip_window(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor: str,
+                        opts: BuildOptions) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+    """Render clip items (AudioSet, FSDKaggle2018, FSD50K) source first; bit-identical to :func:`render_item`.
+
+    Each distinct source file of ``specs`` is decoded and resampled once (in parallel with
+    ``opts.jobs``), each distinct segment cut once (:func:`_segment_key`), and the energy and the
+    sha256 of a segment used by several items are computed once. Items are then summed in spec order
+    exactly as :func:`render_item` does (same segments, same float32 gain and sum, same hashes).
+
+    Yields:
+        per item, in spec order, ``(mixture, target, row)``: float32 ``(seg,)`` arrays and the manifest
+        fields (as :func:`render_item` returns them, without the audio). ``mixture`` is one buffer
+        overwritten by the next item and ``target`` is shared between items with the same segment:
+        consume (write) them before advancing, never modify them.
+    """
+    sr = cfg["sample_rate"]
+    seg = int(round(sr * cfg["segment_seconds"]))
+    requests: dict[AudioRef, list[tuple[int, int]]] = {}
+    for spec in specs:
+        requests.setdefault(spec.target, []).append((spec.anchor_seeds[0], spec.class_id))
+        requests.setdefault(spec.interferer, []).append((spec.anchor_seeds[1], spec.interferer_class_id))
+    sources = list(requests.items())
+    batches = [sources[i: i + SOURCE_BATCH] for i in range(0, len(sources), SOURCE_BATCH)]
+    done = Parallel(n_jobs=opts.jobs)(
+        delayed(_cut_sources)(b, corpus, cfg, anchor, opts.sed_checkpoint) for b in batches
+    )
+    cuts = {ref: c for b, out in zip(batches, done, strict=True) for (ref, _), c in zip(b, out, strict=True)}
+    mix_cfg = cfg["mixing"]
+    mixture = np.empty(seg, dtype=np.float32)
+    energies: dict[tuple[AudioRef, Any], float] = {}
+    target_hashes: dict[tuple[AudioRef, Any], str] = {}
+
+    def energy(key: tuple[AudioRef, Any], x: np.ndarray) -> float:
+        if key not in energies:
+            energies[key] = signal_energy(x)
+        return energies[key]
+
+    for spec in specs:
+        t_key = (spec.target, _segment_key(anchor, spec.anchor_seeds[0], spec.class_id))
+        i_key = (spec.interferer, _segment_key(anchor, spec.anchor_seeds[1], spec.interferer_class_id))
+        target, t_on = cuts[t_key[0]][t_key[1]]
+        interferer, i_on = cuts[i_key[0]][i_key[1]]
+        gain = _gain_from_energies(energy(t_key, target), energy(i_key, interferer), mix_cfg["gain_min"],
+                                   mix_cfg["gain_max"]) if mix_cfg.get("energy_match", True) else 1.0
+        # target + float32(gain)·interferer in float32 (IEEE addition commutes: the bytes of render_item)
+        np.multiply(interferer, np.float32(gain), out=mixture)
+        np.add(mixture, target, out=mixture)
+        if t_key not in target_hashes:
+            target_hashes[t_key] = array_sha256(target)
+        yield mixture, target, dict(target_onset_s=t_on / sr, interferer_onset_s=i_on / sr, interferer_gain=gain,
+                                    sha256_mixture=array_sha256(mixture), sha256_target=target_hashes[t_key],
+                                    num_samples=seg)
 
 
 CLIP_SAMPLES = 320000
@@ -509,18 +622,49 @@ def _render_to_h5(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor: str,
         h5.attrs["sample_rate"] = cfg["sample_rate"]
         mix = h5.create_dataset("mixture", shape=(n, seg), dtype="float32", chunks=(1, seg))
         tgt = h5.create_dataset("target", shape=(n, seg), dtype="float32", chunks=(1, seg))
+        if all(s.mixture is None for s in specs):  # clip corpora: decode each source once per window
+            write_mix, write_tgt = _RowWriter(mix), _RowWriter(tgt)
+            for start in range(0, n, RENDER_WINDOW):
+                window = specs[start: start + RENDER_WINDOW]
+                for mixture, target, row in _render_clip_window(window, corpus, cfg, anchor, opts):
+                    write_mix(len(rows), mixture)  # row by row, mixture then target: the file's chunk order
+                    write_tgt(len(rows), target)
+                    rows.append(row)
+                if progress:
+                    progress(len(rows), n)
+            return rows
         results = Parallel(n_jobs=opts.jobs, return_as="generator")(
             delayed(_render_batch)(b, corpus, cfg, anchor, opts.sed_checkpoint) for b in batches
         )
+        write_mix, write_tgt = _RowWriter(mix), _RowWriter(tgt)
         for out in results:
             for r in out:
-                i = len(rows)
-                mix[i] = r.pop("mixture")
-                tgt[i] = r.pop("target")
+                write_mix(len(rows), r.pop("mixture"))
+                write_tgt(len(rows), r.pop("target"))
                 rows.append(r)
             if progress:
                 progress(len(rows), n)
     return rows
+
+
+class _RowWriter:
+    """``dataset[row] = values`` for a float32 ``(N, L)`` dataset: the same ``H5Dwrite`` of one row (so
+    the same file bytes) without h5py's per-call Python selection parsing and dataspace objects.
+
+    (``write_direct_chunk`` would be cheaper still but allocates the chunks elsewhere in the file, which
+    changes the file's bytes.)
+    """
+
+    def __init__(self, dataset: h5py.Dataset):
+        self._id = dataset.id
+        self._length = dataset.shape[1]
+        self._file_space = dataset.id.get_space()
+        self._mem_space = h5py.h5s.create_simple((1, self._length))
+
+    def __call__(self, row: int, values: np.ndarray) -> None:
+        values = np.ascontiguousarray(values, dtype=np.float32).reshape(1, self._length)
+        self._file_space.select_hyperslab((row, 0), (1, self._length))
+        self._id.write(self._mem_space, self._file_space, values)
 
 
 def _virtual_row(spec: ItemSpec, sr: int) -> dict[str, Any]:

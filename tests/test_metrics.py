@@ -150,6 +150,62 @@ def test_si_sdr_batch_equals_rowwise():
     assert batch[0] == pytest.approx(10 * np.log10((proj @ proj) / ((e - proj) @ (e - proj))), abs=1e-10)
 
 
+def _offset_rows(rng, n_rows: int, length: int, dtype) -> np.ndarray:
+    """Rows that start at odd offsets of a bigger buffer, so alignment differs from a fresh 1-D array."""
+    buf = rng.standard_normal(n_rows * length + 3).astype(dtype)
+    return buf[3:].reshape(n_rows, length)
+
+
+@pytest.mark.parametrize("length", [1, 7, 1000, 64001])
+def test_sdri_batch_equals_rowwise_exactly(length):
+    """Exact (bitwise) equality: the batch takes the same float32 row means as the scalar ``sdr``
+    (numpy's pairwise float32 reduction over a contiguous row), then the same float64 floor and log."""
+    rng = np.random.default_rng(length)
+    refs = _offset_rows(rng, 6, length, np.float32)
+    noise = _offset_rows(rng, 6, length, np.float32)
+    mixes = refs + np.float32(1.5) * noise
+    ests = refs + rng.uniform(0.01, 2.0, (6, 1)).astype(np.float32) * noise
+    ests[3] = mixes[3]  # no separation: exactly 0 dB
+    ests[4] = 0.0  # silent estimate
+    refs[5] = 0.0  # silent reference (the upstream's floored number)
+    got = M.sdri_batch(refs, ests, mixes)
+    assert got.dtype == np.float64 and got.shape == (6,)
+    rowwise = [M.sdri(r, e, m) for r, e, m in zip(refs, ests, mixes, strict=True)]
+    np.testing.assert_array_equal(got, rowwise)
+    assert got[3] == 0.0
+    # float64 inputs are cast to float32 first, like the scalar functions
+    np.testing.assert_array_equal(M.sdri_batch(refs.astype(np.float64), ests, mixes.astype(np.float64)), rowwise)
+
+
+def test_sdri_batch_hand_worked():
+    n = 16000
+    ref = _alternating(n, [1, -1])
+    interferer = _alternating(n, [1, 1, -1, -1])  # power 1 -> mixture SDR = 0 dB
+    refs = np.stack([ref, ref])
+    mixes = refs + interferer
+    ests = np.stack([ref + 0.125 * interferer, ref + 0.5 * interferer])
+    # 10 log10(64) = 18.06 dB and 10 log10(4) = 6.02 dB above a 0-dB mixture
+    np.testing.assert_allclose(M.sdri_batch(refs, ests, mixes), [10 * math.log10(64), 10 * math.log10(4)],
+                               rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("length", [2, 999, 32000])
+def test_si_sdri_batch_equals_rowwise_exactly(length):
+    """Exact equality: the batch runs the scalar's float64 row reductions on every row."""
+    rng = np.random.default_rng(100 + length)
+    refs = _offset_rows(rng, 5, length, np.float64)
+    noise = _offset_rows(rng, 5, length, np.float64)
+    mixes = refs + noise
+    ests = 0.8 * refs + rng.uniform(0.05, 2.0, (5, 1)) * noise
+    ests[2] = mixes[2]
+    with np.errstate(all="ignore"):
+        ests[4] = 0.0  # undefined (NaN) on both sides: NaN - finite
+        got = M.si_sdri_batch(refs, ests, mixes)
+        rowwise = [M.si_sdri(r, e, m) for r, e, m in zip(refs, ests, mixes, strict=True)]
+    np.testing.assert_array_equal(got, rowwise)
+    assert got[2] == 0.0 and math.isnan(got[4])
+
+
 # ---------------------------------------------------------------------------------------------
 # input validation and check_signals
 # ---------------------------------------------------------------------------------------------
@@ -178,6 +234,14 @@ def test_bad_shapes_raise_other_functions():
         M.sdr_batch(np.ones((3, 10)), np.ones((3, 11)))
     with pytest.raises(ValueError, match="2-D"):
         M.si_sdr_batch(np.ones(10), np.ones(10))
+    with pytest.raises(ValueError, match=r"refs and mixes must have the same shape.*\(3, 10\).*\(3, 9\)"):
+        M.sdri_batch(np.ones((3, 10)), np.ones((3, 10)), np.ones((3, 9)))
+    with pytest.raises(ValueError, match=r"mixes must be a 2-D"):
+        M.si_sdri_batch(np.ones((3, 10)), np.ones((3, 10)), np.ones(10))
+    with pytest.raises(ValueError, match=r"refs and ests must have the same shape"):
+        M.ssnr_batch(np.ones((2, 1000)), np.ones((2, 999)), 16000)
+    with pytest.raises(ValueError, match="too short"):
+        M.ssnr_batch(np.ones((2, 599)), np.ones((2, 599)), 16000)
     with pytest.raises(ValueError, match="same shape"):
         M.musdb_sdr(np.ones((100, 2)), np.ones((100, 1)), 44100)
     with pytest.raises(ValueError, match="samples, channels"):
@@ -335,6 +399,49 @@ def test_musdb_sdr_hand_worked_frames_and_edge_cases(museval_mod):
     assert M.musdb_sdr_frames(ref, ref, sr)[0] == math.inf
 
 
+def test_musdb_sdr_channel_sum_silence_and_many_channels(museval_mod):
+    """museval's silence test is on the channel *sum*: an anti-phase stereo frame (L = −R) is silent
+    even though each channel is loud; three channels go through the same path."""
+    sr = 8000
+    rng = np.random.default_rng(21)
+    ref = rng.standard_normal((3 * sr + 123, 2))
+    est = ref + 0.2 * rng.standard_normal(ref.shape)
+    ref[sr : 2 * sr, 1] = -ref[sr : 2 * sr, 0]  # frame 1 of the reference: channel sum exactly 0
+    est[2 * sr + 5 : 3 * sr, 0] = -est[2 * sr + 5 : 3 * sr, 1]  # frame 2 of the estimate, after a
+    est[2 * sr : 2 * sr + 5] = 0.0  # few digital zeros (the quick probe of the first samples passes)
+    ours = M.musdb_sdr_frames(ref, est, sr)
+    assert ours.shape == (3,) and np.isnan(ours[1:]).all() and np.isfinite(ours[0])
+    _assert_same_frames(ours, _museval_frames(museval_mod, ref, est, sr))
+    # a frame that is silent only in its first samples is not skipped
+    est2 = ref + 0.1
+    est2[: sr // 2] = 0.0
+    ours2 = M.musdb_sdr_frames(ref[:, 0], est2[:, 0], sr)
+    assert np.isfinite(ours2).all()
+    _assert_same_frames(ours2, _museval_frames(museval_mod, ref[:, 0], est2[:, 0], sr))
+    # three channels (the frames are sums over samples and channels)
+    ref3 = rng.standard_normal((2 * sr, 3))
+    est3 = ref3 + rng.uniform(0.1, 1.0, 3) * rng.standard_normal((2 * sr, 3))
+    ours3 = M.musdb_sdr_frames(ref3, est3, sr)
+    expected = [10 * np.log10(np.sum(ref3[k * sr : (k + 1) * sr] ** 2) / np.sum((est3 - ref3)[k * sr : (k + 1) * sr] ** 2))
+                for k in range(2)]
+    np.testing.assert_allclose(ours3, expected, rtol=0, atol=1e-10)
+    _assert_same_frames(ours3, _museval_frames(museval_mod, ref3, est3, sr))
+
+
+def test_musdb_sdr_reads_float32_and_int16_as_float64(dev_data):
+    """float32 / int16 inputs give the same frames as the same values passed as float64."""
+    ref, mix, sr = _read_stems(dev_data, MUSDB_SHORT_TRACK, "vocals")
+    r16 = np.round(ref * 32767).astype(np.int16)
+    m16 = np.round(mix * 32767).astype(np.int16)
+    np.testing.assert_array_equal(M.musdb_sdr_frames(r16, m16, sr),
+                                  M.musdb_sdr_frames(r16.astype(np.float64), m16.astype(np.float64), sr))
+    r32, m32 = ref.astype(np.float32), mix.astype(np.float32)
+    np.testing.assert_array_equal(M.musdb_sdr_frames(r32, m32, sr),
+                                  M.musdb_sdr_frames(r32.astype(np.float64), m32.astype(np.float64), sr))
+    with pytest.raises(ValueError, match="real numbers"):
+        M.musdb_sdr_frames(np.array(["a"] * 10), np.array(["a"] * 10), sr)
+
+
 # ---------------------------------------------------------------------------------------------
 # PESQ and SSNR vs the MATLAB references
 # ---------------------------------------------------------------------------------------------
@@ -371,6 +478,49 @@ def test_ssnr_hand_worked():
     s2 = s.copy()
     s2[:600] = 0.0
     assert M.ssnr(s2, 0.9 * s2, sr) == pytest.approx((2 * -10.0 + 127 * 20.0) / 129, abs=1e-9)
+
+
+def _ssnr_loop(ref: np.ndarray, est: np.ndarray, sr: int) -> float:
+    """Loizou ``comp_snr.m`` written out frame by frame (the test's independent reference)."""
+    n = int(np.floor(0.03 * sr + 0.5))
+    hop = n // 4
+    window = 0.5 * (1 - np.cos(2 * np.pi * np.arange(1, n + 1) / (n + 1)))
+    n_frames = int(np.floor(len(ref) / hop - n / hop))
+    segs = []
+    for k in range(n_frames):
+        c = ref[k * hop : k * hop + n] * window
+        p = est[k * hop : k * hop + n] * window
+        with np.errstate(divide="ignore"):
+            snr = 10 * np.log10(np.sum(c**2) / (np.sum((c - p) ** 2) + np.finfo(float).eps))
+        segs.append(min(max(snr, -10.0), 35.0))
+    return float(np.mean(segs))
+
+
+@pytest.mark.parametrize("sr", [8000, 16000, 22050, 44100, 48000])
+def test_ssnr_matches_frame_by_frame_reference(sr):
+    """Within 1e-12 dB of a plain frame loop: the fast path sums the same terms in another order.
+    44.1 kHz has N = 1323, hop = 330: N is not a multiple of the hop."""
+    rng = np.random.default_rng(sr)
+    length = int(1.37 * sr) + 11
+    ref = rng.standard_normal(length) * np.repeat(rng.uniform(0.0, 1.0, 40), -(-length // 40))[:length]
+    ref[: sr // 10] = 0.0  # silent frames: -10 dB
+    est = ref + rng.uniform(0.05, 3.0) * rng.standard_normal(length)
+    est[-sr // 8 :] = ref[-sr // 8 :]  # perfect frames: +35 dB
+    assert M.ssnr(ref, est, sr) == pytest.approx(_ssnr_loop(ref, est, sr), abs=1e-12)
+
+
+def test_ssnr_batch_equals_rowwise_exactly(speech_case):
+    """Exact equality: every row runs the scalar's computation."""
+    clean = speech_case["clean"][:48000]
+    rng = np.random.default_rng(9)
+    refs = np.stack([clean, speech_case["noisy"][:48000], clean, rng.standard_normal(48000)])
+    ests = np.stack([speech_case["noisy"][:48000], clean, clean, np.zeros(48000)])
+    got = M.ssnr_batch(refs, ests, 16000)
+    assert got.shape == (4,) and got.dtype == np.float64
+    np.testing.assert_array_equal(got, [M.ssnr(r, e, 16000) for r, e in zip(refs, ests, strict=True)])
+    assert got[2] == 35.0
+    assert got[0] == pytest.approx(_ssnr_loop(refs[0], ests[0], 16000), abs=1e-12)
+    assert M.ssnr_batch(refs.astype(np.float32), ests, 16000)[1] == M.ssnr(refs[1].astype(np.float32), ests[1], 16000)
 
 
 @pytest.mark.parametrize("which", ["noisy", "processed"])
@@ -463,3 +613,54 @@ def test_pesq_wb_maps_every_pesq_exception(speech_case, monkeypatch):
         monkeypatch.setattr(pesq, "pesq", lambda *a, bogus=bogus, **k: bogus)
         score, got = M.pesq_wb_status(clean, noisy, sr)
         assert got == "pesq_error" and math.isnan(score)
+
+
+@pytest.fixture(scope="module")
+def pesq_pairs(dev_data, speech_case):
+    """Real 16-kHz VoiceBank-DEMAND pairs, plus pairs that fail in each way."""
+    folder = dev_data / "voicebank-demand"
+    refs, ests = [], []
+    for clean_path in sorted((folder / "clean_testset_wav").glob("*.wav")):
+        clean, sr = soundfile.read(clean_path)
+        if sr != 16000:
+            continue
+        noisy, _ = soundfile.read(folder / "noisy_testset_wav" / clean_path.name)
+        refs.append(clean)
+        ests.append(noisy)
+        if len(refs) == 3:
+            break
+    clean, noisy = speech_case["clean"], speech_case["noisy"]
+    refs += [clean, clean, clean[:3000], np.zeros(8000)]
+    ests += [np.zeros_like(clean), noisy, noisy[:3000], noisy[:8000]]
+    return refs, ests
+
+
+def test_pesq_many_is_the_serial_result_for_any_jobs(pesq_pairs):
+    import pesq
+
+    refs, ests = pesq_pairs
+    serial = [M.pesq_wb_status(r, e, 16000) for r, e in zip(refs, ests, strict=True)]
+    statuses = [s for _, s in serial]
+    assert statuses == ["ok", "ok", "ok", "pesq_est_silent", "ok", "pesq_too_short", "ref_silent"]
+    for i in (0, 1, 2, 4):  # the scores are the pesq package's own
+        assert serial[i][0] == pesq.pesq(16000, refs[i], ests[i], "wb")
+    for jobs in (1, 2, -1):
+        got = M.pesq_many(refs, ests, 16000, jobs=jobs)
+        assert [s for _, s in got] == statuses, jobs
+        np.testing.assert_array_equal([x for x, _ in got], [x for x, _ in serial])  # NaN == NaN here
+        assert all(isinstance(x, float) and isinstance(s, str) for x, s in got)
+    assert M.pesq_many([], [], 16000, jobs=2) == []
+
+
+def test_pesq_many_checks_every_pair_first(monkeypatch):
+    calls = []
+    monkeypatch.setattr(M, "pesq_wb_status", lambda *a: calls.append(a))
+    with pytest.raises(ValueError, match=r"pair 1: ref and est must have the same length"):
+        M.pesq_many([np.ones(8000), np.ones(8000)], [np.ones(8000), np.ones(7999)], 16000, jobs=2)
+    with pytest.raises(ValueError, match="pair up"):
+        M.pesq_many([np.ones(8000)], [], 16000)
+    with pytest.raises(ValueError, match="jobs"):
+        M.pesq_many([np.ones(8000)], [np.ones(8000)], 16000, jobs=0)
+    with pytest.raises(ValueError, match="sample_rate"):
+        M.pesq_many([np.ones(8000)], [np.ones(8000)], 16000.5)
+    assert calls == []  # nothing was scored

@@ -60,8 +60,10 @@ def set_dir(workdir: str | Path, dataset: str, split: str) -> Path:
 
 
 def array_sha256(x: np.ndarray) -> str:
-    """sha256 of an array's float32 little-endian C-order bytes."""
-    return hashlib.sha256(np.ascontiguousarray(x, dtype="<f4").tobytes()).hexdigest()
+    """sha256 of an array's float32 little-endian C-order bytes (hashed in place, without a copy when
+    ``x`` already is such an array)."""
+    arr = np.ascontiguousarray(x, dtype="<f4")
+    return hashlib.sha256(memoryview(arr).cast("B")).hexdigest()
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -11,6 +11,9 @@ import pytest
 import soundfile
 import soxr
 
+from harness import mixtures
+from harness.config import load_dataset_config
+from harness.datasets import get_corpus
 from harness.datasets.store import open_set
 from harness.mixtures import BuildOptions, build_mixtures, energy_gain, verify_build
 
@@ -21,6 +24,20 @@ def test_energy_gain_hand_computed():
     assert energy_gain(t, np.full(100, 1e-4, np.float32), 0.02, 50) == 50.0  # 5000 clipped
     assert energy_gain(np.full(100, 1e-4, np.float32), t, 0.02, 50) == 0.02  # 2e-4 clipped
     assert energy_gain(t, np.zeros(100, np.float32), 0.02, 50) == 50.0  # silent interferer
+
+
+def test_array_sha256_is_the_float32_little_endian_bytes():
+    import hashlib
+
+    from harness.datasets.store import array_sha256
+
+    x = np.random.default_rng(1).standard_normal(1001)
+    expected = hashlib.sha256(x.astype("<f4").tobytes()).hexdigest()
+    assert array_sha256(x) == expected  # float64 input is cast
+    assert array_sha256(x.astype(">f4")) == expected  # big-endian input is byte-swapped
+    y = np.repeat(x.astype(np.float32), 2)[::2]  # a strided view
+    assert array_sha256(y) == expected
+    assert array_sha256(np.zeros(0, np.float32)) == hashlib.sha256(b"").hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +58,44 @@ def test_bit_identical_across_jobs(fsdk_builds):
     m1 = pd.read_parquet(one / "mixtures/fsdkaggle2018/test/manifest.parquet")
     m2 = pd.read_parquet(two / "mixtures/fsdkaggle2018/test/manifest.parquet")
     pd.testing.assert_frame_equal(m1, m2)
+
+
+def test_render_windows_and_source_batches_do_not_change_a_byte(fsdk_builds, tmp_path, monkeypatch):
+    """Small windows (sources decoded again in later windows) and small decode batches: same files."""
+    _, one, _, b1, _ = fsdk_builds
+    monkeypatch.setattr(mixtures, "RENDER_WINDOW", 7)
+    monkeypatch.setattr(mixtures, "SOURCE_BATCH", 3)
+    seen = []
+    b = build_mixtures(fsdk_builds[0], tmp_path, BuildOptions("fsdkaggle2018", jobs=2),
+                       progress=lambda done, total: seen.append((done, total)))
+    assert b["digest"] == b1["digest"]
+    for name in ("mixtures.h5", "manifest.parquet"):
+        p = f"mixtures/fsdkaggle2018/test/{name}"
+        assert (tmp_path / p).read_bytes() == (one / p).read_bytes(), name
+    assert seen[0] == (7, 40) and seen[-1] == (40, 40) and len(seen) == 6
+
+
+@pytest.mark.parametrize("anchor", ["energy", "random"])
+def test_source_first_render_equals_render_item(dev_data, tmp_path, anchor):
+    """The build decodes each source once; every item must still be what the per-item ``render_item``
+    makes of its spec (audio bytes, onsets, gain, hashes)."""
+    root = dev_data / "audioset"
+    opts = BuildOptions("audioset", per_class=2, anchor=anchor)
+    build_mixtures(root, tmp_path, opts)
+    s = open_set(tmp_path, "audioset")
+    mix, tgt = s.read_rows(np.arange(len(s.manifest)))
+    cfg = load_dataset_config("audioset")
+    corpus = get_corpus("audioset", root)
+    specs = mixtures.plan_build(corpus, cfg, opts).specs
+    assert len(specs) == len(s.manifest) > 40
+    for i, spec in enumerate(specs):
+        row = mixtures.render_item(spec, corpus, cfg, anchor)
+        got = s.manifest.iloc[i]
+        assert got["item_id"] == spec.item_id
+        np.testing.assert_array_equal(mix[i], row["mixture"])
+        np.testing.assert_array_equal(tgt[i], row["target"])
+        for col in ("sha256_mixture", "sha256_target", "target_onset_s", "interferer_onset_s", "interferer_gain"):
+            assert got[col] == row[col], (spec.item_id, col)
 
 
 def test_item_counts_follow_the_small_class_rule(fsdk_builds, dev_data):
