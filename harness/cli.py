@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 from rich.table import Table
 
 from harness.errors import UssBenchError
@@ -300,7 +301,7 @@ def print_comparison(base: Path, candidate: Path, tolerance_db: float, two_sided
         table.add_column(col, justify="right" if col in ("items", "base", "candidate", "delta") else "left")
     bad_rows = set(cmp.regressions.index) if len(cmp.regressions) else set()
     for idx, r in zip(cmp.table.index, cmp.table.itertuples(), strict=True):
-        table.add_row(r.system, r.dataset, r.condition, r.metric, r.aggregate, str(r.items), f"{r.base:.3f}",
+        table.add_row(escape(r.system), r.dataset, r.condition, r.metric, r.aggregate, str(r.items), f"{r.base:.3f}",
                       f"{r.candidate:.3f}", f"{r.delta:+.3f}", "[red]REGRESSION[/red]" if idx in bad_rows else "ok")
     console.print(table)
     for k, v in cmp.unpaired.items():
@@ -369,7 +370,8 @@ def demo(
 
     out = out or Path("reports") / "demo"
     result = run_demo(out, workdir, jobs=jobs, quiet=_quiet(quiet), console=console, update_baseline=update_baseline)
-    console.print(result.summary.read_text().split("\n## ")[0])
+    table2 = result.summary.read_text().split("\n## ")[1].split("\n", 1)[1]  # the Table 2 section
+    console.print(table2.strip(), markup=False, highlight=False)
     console.print(f"summary: {result.summary}")
     if result.comparison is None:
         return

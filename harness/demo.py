@@ -117,7 +117,7 @@ def run_demo(out: Path, workdir: Path | None = None, jobs: int = 1, quiet: bool 
             run_eval(system, EvalOptions(datasets=list(DATASET_NAMES), workdir=wd, out=run_dir, jobs=jobs))
             render_report(run_dir)
             frames.append(pd.read_parquet(run_dir / "items.parquet"))
-            console.print(f"evaluated {system.name}")
+            console.print(f"evaluated {system.name}", markup=False)
     atomic_write_parquet(pd.concat(frames, ignore_index=True), out / "items.parquet")
     summary = render_report(out).summary
     if baseline is None:
