@@ -364,7 +364,7 @@ class BalancedSampler:
 
 
 def mine_segment(x: np.ndarray, class_label: str, anchor: str, segment_samples: int, clip_samples: int,
-                 rng: np.random.Generator, sed_anchor: Callable | None = None) -> np.ndarray:
+                 rng: np.random.Generator, sed_anchor: Callable | None = None, key: str = "") -> np.ndarray:
     """Cut the anchor segment of one clip (paper Alg. 1 step 2).
 
     The clip is first cut to ``clip_samples`` (10 s); a clip not longer than a segment is tiled to it.
@@ -375,6 +375,7 @@ def mine_segment(x: np.ndarray, class_label: str, anchor: str, segment_samples: 
     Args:
         x: ``(L,)`` float32 clip at 32 kHz.
         class_label: the sampled class (AudioSet display name, for ``sed``).
+        key: the clip's id (caches its SED anchors).
 
     Returns:
         ``(segment_samples,)`` float32.
@@ -387,7 +388,7 @@ def mine_segment(x: np.ndarray, class_label: str, anchor: str, segment_samples: 
     if anchor == "sed":
         if sed_anchor is None:
             raise ConfigError("anchor = 'sed' needs a SED checkpoint: [data] sed_checkpoint or --sed-checkpoint")
-        return sed_anchor(x, class_label)
+        return sed_anchor(x, class_label, key, segment_samples)
     if anchor == "energy":
         begin, _ = energy_anchor(x, segment_samples=segment_samples)
     else:
@@ -486,7 +487,8 @@ class BatchMaker:
         picks = self.sampler.next_batch()
         segments = np.stack([
             mine_segment(data.audio(i), data.vocabulary[k], cfg.anchor, cfg.segment_samples,
-                         int(round(cfg.clip_seconds * SAMPLE_RATE)), self.sampler.rng, self.sed_anchor)
+                         int(round(cfg.clip_seconds * SAMPLE_RATE)), self.sampler.rng, self.sed_anchor,
+                         data.clips[i].key)
             for i, k in picks
         ])
         tags = [set(data.clips[i].labels) for i, _ in picks]
@@ -502,21 +504,29 @@ class BatchMaker:
 
 
 def _sed_anchor_by_label(checkpoint: str | None, device: torch.device) -> Callable | None:
-    """``(clip, label) -> segment`` for ``anchor = 'sed'``; the label must be an AudioSet class name."""
+    """``(clip, label, key) -> segment`` for ``anchor = 'sed'``; the label must be an AudioSet class name.
+
+    The SED rule is deterministic, so each (clip, class) anchor is computed once and its start sample
+    kept (a few bytes per pair), not re-run every time the clip is drawn.
+    """
     if checkpoint is None:
         return None
     import pandas as pd
 
     from harness.datasets.audioset import BUNDLED_CLASS_LABELS
-    from harness.mixtures import _sed_anchor_fn
+    from harness.mixtures import CLIP_SAMPLES, _sed_anchor_fn
 
     names = list(pd.read_csv(BUNDLED_CLASS_LABELS)["display_name"])
     fn = _sed_anchor_fn(str(_repo_path(checkpoint)))
+    begins: dict[tuple[str, str], int] = {}
 
-    def anchor(x: np.ndarray, label: str) -> np.ndarray:
+    def anchor(x: np.ndarray, label: str, key: str, segment_samples: int) -> np.ndarray:
         if label not in names:
             raise ConfigError(f"anchor = 'sed' needs AudioSet labels; {label!r} is not one (use energy or random)")
-        return fn(x, names.index(label))[0]
+        if (key, label) not in begins:
+            begins[(key, label)] = fn(x, names.index(label))[1]
+        begin = begins[(key, label)]
+        return fix_length(x, CLIP_SAMPLES, mode="pad")[begin: begin + segment_samples].copy()
 
     return anchor
 
