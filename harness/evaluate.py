@@ -229,10 +229,11 @@ def git_revision() -> str | None:
 def _rows(system: System, evalset: EvalSet, items: pd.DataFrame, condition: str,
           scored: list[dict[str, Any]], per_item: float, common: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
-    for item, m in zip(items.itertuples(index=False), scored, strict=True):
+    columns = (items["item_id"].tolist(), items["class_id"].tolist(), items["label"].tolist(), scored)
+    for item_id, class_id, label, m in zip(*columns, strict=True):
         rows.append({"system": system.name, "dataset": evalset.dataset, "split": evalset.split,
-                     "condition": condition, "item_id": item.item_id, "class_id": int(item.class_id),
-                     "label": item.label, **m, "seconds": per_item, **common})
+                     "condition": condition, "item_id": item_id, "class_id": int(class_id),
+                     "label": label, **m, "seconds": per_item, **common})
     return rows
 
 
@@ -488,7 +489,10 @@ def _separate(system: System, unit: _Unit, condition: str) -> None:
     if not keep.any():
         return
     t0 = time.perf_counter()
-    unit.est = np.asarray(system.separate(unit.mix[keep], unit.ref[keep], unit.items[keep], condition))
+    if keep.all():
+        unit.est = np.asarray(system.separate(unit.mix, unit.ref, unit.items, condition))
+    else:
+        unit.est = np.asarray(system.separate(unit.mix[keep], unit.ref[keep], unit.items[keep], condition))
     unit.est_row = np.cumsum(keep) - 1
     unit.seconds += time.perf_counter() - t0
 
@@ -500,7 +504,12 @@ def _tasks(unit: _Unit, cfg: dict, n_tasks: int) -> list[tuple[np.ndarray, tuple
         return []
     out = []
     for rows in np.array_split(need, min(n_tasks, len(need))):
-        out.append((rows, (unit.ref[rows], unit.est[unit.est_row[rows]], unit.mix[rows], cfg)))
+        e = unit.est_row[rows]
+        if rows[-1] - rows[0] == len(rows) - 1 and e[-1] - e[0] == len(e) - 1:  # contiguous: views, no copy
+            rows_, e = slice(rows[0], rows[-1] + 1), slice(e[0], e[-1] + 1)
+        else:
+            rows_ = rows
+        out.append((rows, (unit.ref[rows_], unit.est[e], unit.mix[rows_], cfg)))
     return out
 
 
