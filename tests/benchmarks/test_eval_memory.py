@@ -4,12 +4,13 @@ Two synthetic sets (:func:`harness.datasets.synthetic.build_synthetic_set`) of 1
 quarter-second items (the larger one is 640 MB of float32 audio) are evaluated in fresh processes with
 the mixture baseline; the peak RSS of the eval must differ by far less than the audio. A run that kept
 the audio (or the estimates) of every item would grow by hundreds of MB. Benchmark larger sets the
-same way, e.g. ``python3 tests/benchmarks/test_eval_memory.py 1000 20000``.
+same way, from the repository root: ``PYTHONPATH=. python3 tests/benchmarks/test_eval_memory.py 1000 20000``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -35,8 +36,8 @@ def measure(n_items: int, folder, seconds: float = 0.25) -> dict:
 
     build_synthetic_set(folder / "work", n_items, seconds=seconds)
     r = subprocess.run([sys.executable, "-c", PROBE, str(folder / "work"), str(folder / "run")], cwd=REPO_ROOT,
-                       capture_output=True, text=True, check=True, env={"PYTHONPATH": str(REPO_ROOT),
-                                                                         "OMP_NUM_THREADS": "1", "PATH": ""})
+                       capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
