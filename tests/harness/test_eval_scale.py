@@ -223,19 +223,36 @@ def test_dask_cluster_equals_serial(demo_wd, serial, tmp_path):
 
 def test_build_mixtures_on_dask_is_bit_identical(tmp_path):
     pytest.importorskip("distributed")
+    from joblib import delayed
+
     from harness.datasets.store import open_set
-    from harness.parallel import executor
+    from harness.parallel import THREAD_VARS, executor, parallel
 
     root = DEMO / "fsdkaggle2018"
     serial_build = build_mixtures(root, tmp_path / "serial", BuildOptions("fsdkaggle2018"))
     with executor("dask", jobs=2) as ex:  # a LocalCluster of two worker processes
         assert ex.kind == "dask" and ex.jobs == 2
         dask_build = build_mixtures(root, tmp_path / "dask", BuildOptions("fsdkaggle2018", jobs=2))
+        assert parallel(2)(delayed(os.getenv)(v) for v in THREAD_VARS) == ["1"] * len(THREAD_VARS)
     assert dask_build["digest"] == serial_build["digest"]
     a, b = open_set(tmp_path / "serial", "fsdkaggle2018"), open_set(tmp_path / "dask", "fsdkaggle2018")
     rows = np.arange(len(a.manifest))
     for x, y in zip(a.read_rows(rows), b.read_rows(rows), strict=True):
         assert np.array_equal(x, y)
+
+
+def test_loky_workers_run_one_thread():
+    import torch
+    from joblib import delayed
+
+    from harness.parallel import THREAD_VARS, executor, parallel
+
+    with executor("loky", jobs=2):
+        envs = parallel(2)(delayed(os.getenv)(v) for v in THREAD_VARS)
+        threads = parallel(2)(delayed(torch.get_num_threads)() for _ in range(2))
+        pids = set(parallel(2)(delayed(os.getpid)() for _ in range(4)))
+    assert envs == ["1"] * len(THREAD_VARS) and threads == [1, 1]
+    assert os.getpid() not in pids
 
 
 def test_executor_options_are_checked(tmp_path):
