@@ -351,6 +351,9 @@ def _init_parts(out: Path, system: System, evalset: EvalSet, resume: bool) -> No
         shutil.rmtree(folder)
     for stale in folder.glob("*/.rank*.parquet.tmp-*"):
         stale.unlink(missing_ok=True)  # a part being written when a run was killed
+    old_layout = Path(out) / "parts" / f"{evalset.dataset}.parquet"
+    if resume and old_layout.is_file():
+        log.warning("%s is a part of the older per-dataset layout; --resume does not read it", old_layout)
     atomic_write_text(folder / "meta.json", json.dumps(_parts_meta(system, evalset), indent=2) + "\n")
 
 
@@ -619,7 +622,11 @@ def merge_parts(out: str | Path, evalset: EvalSet, conditions: Sequence[str], li
     manifest = evalset.manifest.iloc[:limit] if limit else evalset.manifest
     frames = [_read_part(p) for c in conditions for p in part_files(parts_dir(out, evalset.dataset, c))]
     df = pd.concat(frames, ignore_index=True) if frames else items_frame([])
-    df = df[df["condition"].isin(list(conditions)) & df["item_id"].isin(manifest["item_id"])]
+    wanted = df["condition"].isin(list(conditions)) & df["item_id"].isin(manifest["item_id"])
+    if not wanted.all():  # e.g. a resumed run with a smaller --limit
+        log.info("%s: %d row(s) in the parts are outside this run's items; not merged", evalset.dataset,
+                 int((~wanted).sum()))
+        df = df[wanted]
     dup = df.duplicated(["condition", "item_id"], keep="first")
     n_dup = int(dup.sum())
     if n_dup:
@@ -674,7 +681,7 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
     done = {s.dataset: {c: done_items(out, s.dataset, c) for c in system.conditions(s.dataset)} for s in sets}
     ranks.barrier()  # everyone has scanned before anyone writes: "resumed" counts only older rows
     timings, computed = {}, {}
-    ex_info = parallel.Executor(opts.executor, 1, opts.scheduler).describe()
+    ex_info = {**parallel.Executor(opts.executor, opts.jobs, opts.scheduler).describe(), "started": False}
     with contextlib.ExitStack() as stack:
         for evalset in sets:
             d = evalset.dataset
@@ -684,7 +691,8 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
                 computed[d] = 0
                 continue
             if parallel.active() is None:
-                ex_info = stack.enter_context(parallel.executor(opts.executor, opts.jobs, opts.scheduler)).describe()
+                ex = stack.enter_context(parallel.executor(opts.executor, opts.jobs, opts.scheduler))
+                ex_info = {**ex.describe(), "started": True}
             t = time.perf_counter()
             cb = (lambda done_, total, d=d: progress(d, done_, total)) if progress else None
             computed[d] = evaluate_set(system, evalset, opts, common, cb, ranks=ranks, done=done[d])["computed"]

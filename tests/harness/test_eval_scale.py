@@ -207,7 +207,7 @@ def test_resume_after_sigkill(demo_wd, serial, tmp_path):
 def test_loky_jobs2_equals_serial(demo_wd, serial, tmp_path):
     run = run_eval(OracleIRM(), EvalOptions(datasets=list(SETS), workdir=demo_wd, out=tmp_path, jobs=2,
                                             batch_size=8))
-    assert run["execution"]["executor"] == {"kind": "loky", "jobs": 2, "scheduler": None}
+    assert run["execution"]["executor"] == {"kind": "loky", "jobs": 2, "scheduler": None, "started": True}
     assert_same_metrics(pd.read_parquet(tmp_path / "items.parquet"), serial)
 
 
