@@ -467,7 +467,10 @@ class _ScorePool:
 
     def __enter__(self) -> _ScorePool:
         if self.jobs > 1:
-            self._par = parallel.parallel(self.jobs, return_as="generator", pre_dispatch="all")
+            # max_nbytes=None: arrays go to loky workers through the pipe. joblib's default memmaps them into
+            # a temporary folder that a managed Parallel empties only at its exit: /dev/shm would fill up
+            # with every item's audio of a dataset.
+            self._par = parallel.parallel(self.jobs, return_as="generator", pre_dispatch="all", max_nbytes=None)
             self._par.__enter__()
         return self
 
