@@ -83,6 +83,14 @@ def datasets(
     console.print(table)
 
 
+# --executor / --scheduler of build-mixtures and eval
+ExecutorOpt = Annotated[str, typer.Option(
+    help="where the parallel CPU work runs: loky (worker processes on this machine) | dask (a Dask cluster)")]
+SchedulerOpt = Annotated[str | None, typer.Option(
+    help="Dask scheduler address, e.g. tcp://HOST:8786 (--executor dask; its workers must have uss-bench "
+         "installed); without it a LocalCluster of --jobs single-threaded workers is started for the run")]
+
+
 @app.command("build-mixtures")
 def build_mixtures_cmd(
     dataset: Annotated[str, typer.Argument(help="audioset | fsdkaggle2018 | fsd50k | musdb18 | slakh2100 | voicebank-demand")],
@@ -94,19 +102,25 @@ def build_mixtures_cmd(
     anchor: Annotated[str | None, typer.Option(help="AudioSet anchor: sed | energy | random")] = None,
     sed_checkpoint: Annotated[Path | None, typer.Option(help="Cnn14_DecisionLevelMax checkpoint for --anchor sed")] = None,
     jobs: Annotated[int, typer.Option(help="parallel render workers (results do not depend on it)")] = 1,
+    executor: ExecutorOpt = "loky",
+    scheduler: SchedulerOpt = None,
     verify: Annotated[bool, typer.Option(help="rebuild in a temporary folder and compare with the existing set")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Build a deterministic evaluation set (protocol uss-paper, DESIGN §4)."""
     from harness.datasets.base import resolve_root
     from harness.mixtures import BuildOptions, build_mixtures, verify_build
+    from harness.parallel import check_executor
+    from harness.parallel import executor as use_executor
 
+    check_executor(executor, jobs, scheduler)
     opts = BuildOptions(dataset=dataset, split=split, seed=seed, per_class=per_class, anchor=anchor,
                         sed_checkpoint=str(sed_checkpoint) if sed_checkpoint else None, jobs=jobs)
     corpus_root = resolve_root(dataset, root)
     wd = _workdir(workdir)
     if verify:
-        problems = verify_build(corpus_root, wd, opts)
+        with use_executor(executor, jobs, scheduler):
+            problems = verify_build(corpus_root, wd, opts)
         if problems:
             err.print(f"[red]verify failed[/red] for {dataset}/{split}: {len(problems)} difference(s)")
             for p in problems[:50]:
@@ -114,7 +128,7 @@ def build_mixtures_cmd(
             raise typer.Exit(1)
         console.print(f"verify ok: {dataset}/{split} rebuilt bit-identically")
         return
-    with _progress(quiet) as update:
+    with _progress(quiet) as update, use_executor(executor, jobs, scheduler):
         build = build_mixtures(corpus_root, wd, opts, progress=lambda d, t: update(f"{dataset} render", d, t))
     counts = build["counts"]
     skipped = {k: v["skipped"] for k, v in counts["per_class"].items() if v.get("skipped")}
@@ -140,41 +154,63 @@ def eval_cmd(
     out: Annotated[Path | None, typer.Option(help="run folder [reports/<system>]")] = None,
     split: str = "test",
     condition: Annotated[str, typer.Option(help="query condition: average | oracle")] = "average",
-    batch_size: int = 16,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    jobs: Annotated[int, typer.Option(help="metric workers")] = 1,
+    batch_size: Annotated[int, typer.Option(help="items per separation batch (2-s items): the unit of work, "
+                                                 "of torchrun sharding and of resume")] = 16,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)")] = "auto",
+    jobs: Annotated[int, typer.Option(
+        help="metric worker processes (loky) or LocalCluster workers (dask); results do not depend on it")] = 1,
+    executor: ExecutorOpt = "loky",
+    scheduler: SchedulerOpt = None,
     limit: Annotated[int | None, typer.Option(help="first N items of each set")] = None,
-    resume: Annotated[bool, typer.Option(help="skip datasets already written to <out>/parts")] = False,
+    resume: Annotated[bool, typer.Option(
+        help="keep the item rows already written to <out>/parts and evaluate only the missing ones "
+             "(without it, the datasets' parts are removed first)")] = False,
+    part_items: Annotated[int, typer.Option(
+        help="rows per part file in <out>/parts; a part is written every N rows or every minute, whichever "
+             "comes first, so a killed run loses little")] = 256,
     quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate a baseline or a checkpoint; write items.parquet, summary.md and run.json."""
+    """Evaluate a baseline or a checkpoint; write items.parquet, summary.md and run.json.
+
+    Under `torchrun --nproc-per-node N -m harness eval ...` each rank evaluates every N-th batch and
+    rank 0 merges the parts.
+    """
     from harness.evaluate import BASELINES, EvalOptions, resolve_datasets, run_eval
+    from harness.parallel import distributed
     from harness.reports import render_report
 
     if (baseline is None) == (checkpoint is None):
         raise UssBenchError("pass exactly one of --baseline mixture|oracle-irm and --checkpoint CKPT")
-    if baseline is not None:
-        if baseline not in BASELINES:
-            raise UssBenchError(f"--baseline {baseline!r}: choose one of {', '.join(BASELINES)}")
-        system = BASELINES[baseline]()
-    else:
-        from harness.systems import CheckpointSystem
-
-        system = CheckpointSystem(checkpoint, workdir=_workdir(workdir), condition=condition, device=device,
-                                  batch_size=batch_size)
+    if baseline is not None and baseline not in BASELINES:
+        raise UssBenchError(f"--baseline {baseline!r}: choose one of {', '.join(BASELINES)}")
     wd = _workdir(workdir)
     names, absent = resolve_datasets(datasets or [], all_, wd, split)
-    if absent:
-        console.print(f"--all: not built in {wd}/mixtures, skipped: {', '.join(absent)}")
-    run_dir = out or Path("reports") / system.name.replace(":", "-")
-    opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, batch_size=batch_size, jobs=jobs,
-                       limit=limit, resume=resume, extra={"condition": condition, "device": device})
-    with _progress(quiet) as update:
-        run = run_eval(system, opts, progress=lambda d, done, total: update(f"{d} eval", done, total))
+    with distributed(device) as ranks:
+        if baseline is not None:
+            system = BASELINES[baseline]()
+        else:
+            from harness.systems import CheckpointSystem
+
+            system = CheckpointSystem(checkpoint, workdir=wd, condition=condition, device=ranks.device(device),
+                                      batch_size=batch_size)
+        if absent and ranks.is_main:
+            console.print(f"--all: not built in {wd}/mixtures, skipped: {', '.join(absent)}")
+        run_dir = out or Path("reports") / system.name.replace(":", "-")
+        opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, batch_size=batch_size, jobs=jobs,
+                           limit=limit, resume=resume, executor=executor, scheduler=scheduler,
+                           part_items=part_items, extra={"condition": condition, "device": ranks.device(device)})
+        opts.check()
+        with _progress(quiet or not ranks.is_main) as update:
+            run = run_eval(system, opts, progress=lambda d, done, total: update(f"{d} eval", done, total),
+                           ranks=ranks)
+    if run is None:  # not rank 0: rank 0 writes the report
+        return
+    items = run["items"]
     report = render_report(run_dir)
     console.print(report.summary.read_text().split("## Detail")[0])
-    console.print(f"items: {run_dir}/items.parquet ({sum(sum(c.values()) for c in run['counts'].values())} rows), "
-                  f"summary: {report.summary}")
+    console.print(f"items: {run_dir}/items.parquet ({sum(sum(c.values()) for c in run['counts'].values())} rows, "
+                  f"{sum(v['computed'] for v in items.values())} computed now, "
+                  f"{sum(v['resumed'] for v in items.values())} resumed), summary: {report.summary}")
 
 
 @app.command("embed-queries")

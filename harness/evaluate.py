@@ -6,45 +6,98 @@ that cannot be scored are kept as rows with a status, never dropped; aggregates 
 report counts them.
 
 Systems plug in through :class:`System`; the corpus, metric and report code never changes for a new one.
-Fixed-length sets are separated in batches of ``batch_size`` 2-s items read straight from
-``mixtures.h5``; whole tracks (MUSDB18, Voicebank-Demand) one at a time. Memory is bounded by the batch
-size, not by the number of items.
+
+**Pipeline.** Per dataset and condition the work is cut into *units*: a block of ``batch_size``
+consecutive manifest rows of a fixed-length set (2-s items read from ``mixtures.h5``), or one whole
+track of MUSDB18 / Voicebank-Demand (read from the corpus files). Three stages overlap:
+
+1. a reader thread reads the next units (at most :data:`PREFETCH` ahead, or one scoring group);
+2. the main process separates a unit (``System.separate``, batched, on the chosen device; the model is
+   built once per process and never sent to workers);
+3. the metric workers (``--jobs N --executor loky|dask``, :mod:`harness.parallel`) score the previous
+   unit (or group of ``N`` tracks) with :func:`score_batch` while the next one is separated.
+
+With ``--jobs 1`` scoring runs in the main process. A row's ``seconds`` is its unit's reading,
+separation and scoring time divided by the unit's items (the stages overlap, so the sum over rows exceeds
+the wall time). Every item's metrics are a pure function of its
+reference, estimate and mixture, and blocks are the same whatever the ranks or the resume point, so the
+metric values are bit-identical for any number of workers, executor, rank count or restart.
+
+**Parts and resume.** Rows are flushed to part files as they complete, so memory is bounded by the
+batch size and ``--part-items``, not by the number of items::
+
+    <out>/parts/<dataset>/meta.json                              system, checkpoint, split, set digest
+    <out>/parts/<dataset>/<condition>/rank<R>-<SEQ>.parquet      rows in ``items.parquet`` columns
+
+``R`` is the writer's rank (0 without torchrun) and ``SEQ`` a zero-padded counter that continues after
+the highest one the rank already has, so a resumed run never overwrites a part. A part holds whole
+units and is written when its rows reach ``part_items`` (default :data:`PART_ITEMS`), after
+:data:`PART_SECONDS` s, and at the end; each through a temporary name and a rename, so a killed run
+leaves only whole parts. With ``resume`` the (dataset, condition, item_id) rows already in the parts
+are kept and only the others are evaluated (a unit with some rows done is separated whole, for the same
+estimates, and only its missing rows are scored); without it the dataset's parts are removed first.
+Resuming into parts written for another system, checkpoint or build raises :class:`UssBenchError`.
+``items.parquet`` is the merge of the parts: rows of the manifest (``--limit``) only, in condition
+order then manifest order; a duplicate row (e.g. two runs writing into one folder at once) is dropped,
+keeping the first in part-file order, and logged. ``run.json`` says per dataset how many rows were
+resumed, computed and dropped.
+
+**Ranks.** Under ``torchrun`` unit ``k`` goes to rank ``k % WORLD_SIZE`` (blocks for fixed-length
+sets, tracks for whole-track sets); each rank writes its own parts; rank 0 waits for all
+(``all_gather``), merges and writes ``items.parquet`` and ``run.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import platform
+import queue
+import re
+import shutil
 import subprocess
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
-from joblib import Parallel, delayed
+from joblib import delayed
 
 import harness
-from harness import metrics
-from harness.audio import AudioRef, resample
+from harness import parallel
+from harness.audio import AudioRef
 from harness.config import REPO_ROOT, load_dataset_config
 from harness.datasets import get_corpus
 from harness.datasets.store import EvalSet, atomic_write_parquet, atomic_write_text, built_datasets, open_set
-from harness.errors import UssBenchError
+from harness.errors import ConfigError, UssBenchError
 from harness.models import spectral
+from harness.parallel import Ranks
+from harness.scoring import METRIC_COLUMNS, score_task, unscored
+from harness.scoring import score as score  # public here too: harness.evaluate.score
+from harness.scoring import score_batch as score_batch
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ("sdr", "sdri", "si_sdr", "si_sdri", "musdb_sdr", "musdb_sdri", "pesq", "ssnr")
-"""Metric columns of ``items.parquet`` (dB, except PESQ in MOS-LQO); NaN where a metric does not apply."""
-
 ITEM_COLUMNS = ("system", "dataset", "split", "condition", "item_id", "class_id", "label", *METRIC_COLUMNS,
                 "status", "seconds", "checkpoint_sha256", "harness_version", "git_revision")
+
+PART_ITEMS = 256
+"""Default rows per part file (``--part-items``): the most work a killed run loses, in items."""
+
+PART_SECONDS = 60.0
+"""A part is also written once its first buffered row is this old (s), so a slow run loses at most this."""
+
+PREFETCH = 2
+"""Units the reader thread reads ahead of the separation."""
 
 
 class System(ABC):
@@ -123,7 +176,22 @@ BASELINES: dict[str, Callable[[], System]] = {"mixture": MixtureBaseline, "oracl
 
 @dataclass
 class EvalOptions:
-    """Options of one eval run (recorded in ``run.json``)."""
+    """Options of one eval run (recorded in ``run.json``).
+
+    Attributes:
+        datasets: dataset names, evaluated in this order.
+        workdir: the work folder holding the built sets.
+        out: the run folder (``items.parquet``, ``run.json``, ``parts/``).
+        split: the split of the built sets.
+        batch_size: items per separation batch (fixed-length sets): the unit of work and of sharding.
+        jobs: metric workers (loky) or LocalCluster workers (dask).
+        limit: evaluate only the first ``limit`` items of each set.
+        resume: keep the rows already in ``<out>/parts`` and evaluate the rest.
+        executor: ``"loky"`` or ``"dask"`` (:mod:`harness.parallel`).
+        scheduler: Dask scheduler address (``executor="dask"``); ``None`` starts a LocalCluster.
+        part_items: rows per part file (rounded up to whole units).
+        extra: anything else to record (condition, device...).
+    """
 
     datasets: list[str]
     workdir: Path
@@ -133,7 +201,19 @@ class EvalOptions:
     jobs: int = 1
     limit: int | None = None
     resume: bool = False
+    executor: str = "loky"
+    scheduler: str | None = None
+    part_items: int = PART_ITEMS
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Raise ConfigError for a batch size, limit or part size below 1, or bad executor options."""
+        for name in ("batch_size", "part_items"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        if self.limit is not None and int(self.limit) < 1:
+            raise ConfigError(f"--limit {self.limit}: must be at least 1")
+        parallel.check_executor(self.executor, self.jobs, self.scheduler)
 
 
 def git_revision() -> str | None:
@@ -146,159 +226,496 @@ def git_revision() -> str | None:
     return out.stdout.strip() or None
 
 
-def score(ref: np.ndarray, est: np.ndarray, mix: np.ndarray, dataset_cfg: dict) -> dict[str, Any]:
-    """All metrics of one item, with its status.
+def _rows(system: System, evalset: EvalSet, items: pd.DataFrame, condition: str,
+          scored: list[dict[str, Any]], per_item: float, common: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    columns = (items["item_id"].tolist(), items["class_id"].tolist(), items["label"].tolist(), scored)
+    for item_id, class_id, label, m in zip(*columns, strict=True):
+        rows.append({"system": system.name, "dataset": evalset.dataset, "split": evalset.split,
+                     "condition": condition, "item_id": item_id, "class_id": int(class_id),
+                     "label": label, **m, "seconds": per_item, **common})
+    return rows
+
+
+# -- parts ------------------------------------------------------------------------------------------
+
+_PART_RE = re.compile(r"^rank(\d+)-(\d+)\.parquet$")
+
+
+def parts_dir(out: str | Path, dataset: str, condition: str | None = None) -> Path:
+    """``<out>/parts/<dataset>`` or ``<out>/parts/<dataset>/<condition>``."""
+    d = Path(out) / "parts" / dataset
+    return d / condition if condition is not None else d
+
+
+def part_files(folder: Path) -> list[Path]:
+    """The part files of one (dataset, condition) folder, by rank then sequence number."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m[1]), int(m[2]), p) for p in folder.iterdir() if (m := _PART_RE.match(p.name))]
+    return [p for *_, p in sorted(found)]
+
+
+def _read_part(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    try:
+        return pq.read_table(path, columns=columns).to_pandas()
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise UssBenchError(f"part file {path} is unreadable ({exc}); delete it and rerun with --resume") from exc
+
+
+def done_items(out: str | Path, dataset: str, condition: str) -> set[str]:
+    """Item ids that already have a row in the parts of (dataset, condition).
+
+    Raises:
+        UssBenchError: a part file cannot be read (names it).
+    """
+    ids: set[str] = set()
+    for path in part_files(parts_dir(out, dataset, condition)):
+        ids.update(_read_part(path, ["item_id"])["item_id"])
+    return ids
+
+
+class PartWriter:
+    """Buffers the rows of one (dataset, condition) of one rank and writes them as part files.
 
     Args:
-        ref, est, mix: float32 ``(L,)`` at ``dataset_cfg["sample_rate"]`` Hz.
-        dataset_cfg: the dataset's declaration (its ``metrics`` list says which apply).
-
-    Returns:
-        the metric columns (NaN where not applicable or not computable) and ``status``.
+        folder: ``<out>/parts/<dataset>/<condition>``.
+        rank: the writer's rank (file names ``rank<rank>-<seq>.parquet``).
+        part_items: write a part once this many rows are buffered.
+        part_seconds: or once the oldest buffered row is this old (s).
     """
-    out = _unscored("ok")
-    status = metrics.check_signals(ref, est)
-    if status == "ok":
-        status = metrics.check_signals(ref, mix)
-    if status != "ok":
-        out["status"] = status
-        return out
-    wanted = set(dataset_cfg["metrics"])
-    sr = dataset_cfg["sample_rate"]
-    out["sdr"] = metrics.sdr(ref, est)
-    out["sdri"] = out["sdr"] - metrics.sdr(ref, mix)
-    out["si_sdr"] = metrics.si_sdr(ref, est)
-    out["si_sdri"] = out["si_sdr"] - metrics.si_sdr(ref, mix)
-    if "musdb_sdr" in wanted:
-        out["musdb_sdr"] = metrics.musdb_sdr(ref, est, sr)
-        out["musdb_sdri"] = out["musdb_sdr"] - metrics.musdb_sdr(ref, mix, sr)
-    if "pesq" in wanted:
-        out["pesq"], pesq_status = metrics.pesq_wb_status(ref, est, sr)
-        if pesq_status != "ok":
-            out["status"] = pesq_status
-            return out
-    if "ssnr" in wanted:
-        speech_sr = dataset_cfg.get("metric_sample_rate", sr)
-        out["ssnr"] = metrics.ssnr(resample(ref, sr, speech_sr), resample(est, sr, speech_sr), speech_sr)
-    out["status"] = "ok" if all(np.isfinite(out[c]) for c in ("sdr", "sdri")) else "metric_nonfinite"
+
+    def __init__(self, folder: Path, rank: int = 0, part_items: int = PART_ITEMS,
+                 part_seconds: float = PART_SECONDS):
+        self.folder, self.rank = Path(folder), rank
+        self.part_items, self.part_seconds = part_items, part_seconds
+        self.folder.mkdir(parents=True, exist_ok=True)
+        seqs = [int(m[2]) for p in self.folder.iterdir() if (m := _PART_RE.match(p.name)) and int(m[1]) == rank]
+        self.seq = max(seqs, default=-1) + 1
+        self.rows: list[dict[str, Any]] = []
+        self.since = time.monotonic()
+        self.written: list[Path] = []
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        """Buffer ``rows``; write a part when the buffer is full or old enough."""
+        if rows and not self.rows:
+            self.since = time.monotonic()
+        self.rows += rows
+        if len(self.rows) >= self.part_items or (self.rows and time.monotonic() - self.since >= self.part_seconds):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows (if any) as the next part, atomically."""
+        if not self.rows:
+            return
+        path = self.folder / f"rank{self.rank}-{self.seq:06d}.parquet"
+        atomic_write_parquet(items_frame(self.rows), path)
+        self.written.append(path)
+        self.seq += 1
+        self.rows = []
+
+
+def _parts_meta(system: System, evalset: EvalSet) -> dict[str, Any]:
+    return {"system": system.name, "checkpoint_sha256": system.checkpoint_sha256, "dataset": evalset.dataset,
+            "split": evalset.split, "digest": evalset.build["digest"]}
+
+
+def _check_parts(out: Path, system: System, evalset: EvalSet) -> None:
+    """Raise UssBenchError when the dataset's parts were written for another system, checkpoint or build."""
+    folder = parts_dir(out, evalset.dataset)
+    meta_file = folder / "meta.json"
+    want = _parts_meta(system, evalset)
+    if meta_file.is_file():
+        try:
+            have = json.loads(meta_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise UssBenchError(f"{meta_file} is unreadable ({exc}); delete {folder} or run without --resume") from exc
+    elif folder.is_dir() and any(part_files(d) for d in folder.iterdir() if d.is_dir()):
+        have = {}  # parts of unknown origin
+    else:
+        return  # nothing to resume from
+    diff = [k for k in want if have.get(k) != want[k]]
+    if diff:
+        raise UssBenchError(
+            f"--resume: the parts in {folder} were written for "
+            f"{', '.join(f'{k}={have.get(k)!r}' for k in diff)}, but this run has "
+            f"{', '.join(f'{k}={want[k]!r}' for k in diff)}; use another --out, or run without --resume to "
+            "start this dataset over")
+
+
+def _init_parts(out: Path, system: System, evalset: EvalSet, resume: bool) -> None:
+    """Rank 0, before any work: without ``resume`` remove the dataset's parts, with it the temporary files
+    of parts that a killed run was writing; write the dataset's ``meta.json``."""
+    folder = parts_dir(out, evalset.dataset)
+    if not resume and folder.exists():
+        shutil.rmtree(folder)
+    for stale in folder.glob("*/.rank*.parquet.tmp-*"):
+        stale.unlink(missing_ok=True)  # a part being written when a run was killed
+    old_layout = Path(out) / "parts" / f"{evalset.dataset}.parquet"
+    if resume and old_layout.is_file():
+        log.warning("%s is a part of the older per-dataset layout; --resume does not read it", old_layout)
+    atomic_write_text(folder / "meta.json", json.dumps(_parts_meta(system, evalset), indent=2) + "\n")
+
+
+# -- the pipeline -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Unit:
+    """One separation call's worth of items: a block of a fixed-length set or one whole track."""
+
+    pos: np.ndarray  # manifest positions
+    todo: np.ndarray  # bool per row: not yet in the parts
+    items: pd.DataFrame
+    scored: list[dict[str, Any] | None]  # preset (unscorable, read error) or None: to separate
+    mix: np.ndarray | None = None  # float32 (B, L); None when nothing is separated
+    ref: np.ndarray | None = None
+    est: np.ndarray | None = None  # the system's output for the separated rows, in row order
+    est_row: np.ndarray | None = None  # unit row -> row of ``est``
+    seconds: float = 0.0
+
+
+def _plan(n: int, virtual: bool, batch_size: int, ranks: Ranks) -> list[np.ndarray]:
+    """Manifest positions of this rank's units: block ``k`` (``batch_size`` rows, or one track) goes to
+    rank ``k % world_size``."""
+    size = 1 if virtual else batch_size
+    units = [np.arange(s, min(s + size, n)) for s in range(0, n, size)]
+    return units[ranks.rank::ranks.world_size]
+
+
+def _read_units(evalset: EvalSet, manifest: pd.DataFrame, cfg: dict, plan: list[tuple[np.ndarray, np.ndarray]],
+                skip: dict[str, str]) -> Iterator[_Unit]:
+    """Read the audio of each planned unit (runs in the reader thread). Unscorable items are not read."""
+    corpus = get_corpus(evalset.dataset, evalset.corpus_root) if evalset.virtual else None
+    for pos, todo in plan:
+        t0 = time.perf_counter()
+        items = manifest.iloc[pos]
+        unit = _Unit(pos, todo, items, [unscored(skip[i]) if i in skip else None for i in items["item_id"]])
+        if all(s is not None for s in unit.scored):
+            pass  # no audio read, no separation
+        elif corpus is None:
+            unit.mix, unit.ref = evalset.read_rows(pos)
+        else:
+            row = items.iloc[0]
+            try:
+                mix = corpus.read(AudioRef(evalset.corpus_root / row["mixture_file"]), cfg["sample_rate"])
+                ref = corpus.read(AudioRef(evalset.corpus_root / row["target_file"]), cfg["sample_rate"])
+            except UssBenchError as exc:
+                unit.scored = [unscored(f"read_error: {exc}")]
+            else:
+                n = min(len(mix), len(ref))
+                unit.mix, unit.ref = mix[None, :n], ref[None, :n]
+        unit.seconds = time.perf_counter() - t0
+        yield unit
+
+
+def _prefetch(source: Iterable[Any], depth: int) -> Iterator[Any]:
+    """Iterate ``source`` in a background thread, at most ``depth`` items ahead; exceptions re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(msg) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(msg, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for x in source:
+                if not put(("item", x)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put(("error", exc))
+
+    thread = threading.Thread(target=run, name="uss-bench-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, x = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise x
+            yield x
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+def _groups(units: Iterable[_Unit], size: int) -> Iterator[list[_Unit]]:
+    group: list[_Unit] = []
+    for u in units:
+        group.append(u)
+        if len(group) >= size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+class _ScorePool:
+    """Scoring on the active executor, one group of tasks in flight; inline when it has one worker."""
+
+    def __init__(self, jobs: int):
+        self.jobs = parallel.effective_jobs(jobs)
+        self._par = None
+
+    def __enter__(self) -> _ScorePool:
+        if self.jobs > 1:
+            # max_nbytes=None: arrays go to loky workers through the pipe. joblib's default memmaps them into
+            # a temporary folder that a managed Parallel empties only at its exit: /dev/shm would fill up
+            # with every item's audio of a dataset.
+            self._par = parallel.parallel(self.jobs, return_as="generator", pre_dispatch="all", max_nbytes=None)
+            self._par.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._par is not None:
+            self._par.__exit__(*exc)
+
+    def submit(self, tasks: list[tuple]) -> Callable[[], list[tuple[list[dict[str, Any]], float]]]:
+        """Start ``score_task(*task)`` for each task; returns a callable that waits for the results."""
+        if self._par is None or not tasks:
+            results = [score_task(None, *t) for t in tasks]
+            return lambda: results
+        pid = os.getpid()
+        gen = self._par(delayed(score_task)(pid, *t) for t in tasks)
+        return lambda: list(gen)
+
+
+def _separate(system: System, unit: _Unit, condition: str) -> None:
+    """Separate the unit's scorable rows (all of them, also rows already done, so that a block's
+    estimates never depend on the resume point) into ``unit.est``."""
+    keep = np.array([s is None for s in unit.scored])
+    if not keep.any():
+        return
+    t0 = time.perf_counter()
+    if keep.all():
+        unit.est = np.asarray(system.separate(unit.mix, unit.ref, unit.items, condition))
+    else:
+        unit.est = np.asarray(system.separate(unit.mix[keep], unit.ref[keep], unit.items[keep], condition))
+    unit.est_row = np.cumsum(keep) - 1
+    unit.seconds += time.perf_counter() - t0
+
+
+def _tasks(unit: _Unit, cfg: dict, n_tasks: int) -> list[tuple[np.ndarray, tuple]]:
+    """Scoring tasks of a unit: ``(unit rows, task args)``, contiguous row slices, at most ``n_tasks``."""
+    need = np.flatnonzero(np.array([s is None for s in unit.scored]) & unit.todo)
+    if not len(need):
+        return []
+    out = []
+    for rows in np.array_split(need, min(n_tasks, len(need))):
+        e = unit.est_row[rows]
+        if rows[-1] - rows[0] == len(rows) - 1 and e[-1] - e[0] == len(e) - 1:  # contiguous: views, no copy
+            rows_, e = slice(rows[0], rows[-1] + 1), slice(e[0], e[-1] + 1)
+        else:
+            rows_ = rows
+        out.append((rows, (unit.ref[rows_], unit.est[e], unit.mix[rows_], cfg)))
     return out
 
 
-def _unscored(status: str) -> dict[str, Any]:
-    """The metric columns of an item that is kept as a row but not scored."""
-    return {**{c: float("nan") for c in METRIC_COLUMNS}, "status": status}
+def _pipeline(system: System, evalset: EvalSet, manifest: pd.DataFrame, cfg: dict, condition: str,
+              plan: list[tuple[np.ndarray, np.ndarray]], pool: _ScorePool, common: dict[str, Any]
+              ) -> Iterator[list[dict[str, Any]]]:
+    """Rows of each planned unit, in plan order: read ahead ∥ separate unit k+1 ∥ score unit k."""
+    if not plan:
+        return
+    # every row of the planned units, also rows already done: a block is separated as in the first run
+    skip = system.unscorable(manifest.iloc[np.concatenate([pos for pos, _ in plan])], condition)
+    group_size = pool.jobs if evalset.virtual else 1
+    reader = _prefetch(_read_units(evalset, manifest, cfg, plan, skip), max(PREFETCH, group_size))
+    pending = None
+
+    def finish(pending) -> Iterator[list[dict[str, Any]]]:
+        group, tasks, wait = pending
+        results = iter(wait())
+        for unit, unit_tasks in zip(group, tasks, strict=True):
+            for rows, _ in unit_tasks:
+                scored, seconds = next(results)
+                unit.seconds += seconds
+                for r, m in zip(rows, scored, strict=True):
+                    unit.scored[r] = m
+            todo = np.flatnonzero(unit.todo)
+            yield _rows(system, evalset, unit.items.iloc[todo], condition, [unit.scored[r] for r in todo],
+                        unit.seconds / max(len(unit.items), 1), common)
+
+    try:
+        for group in _groups(reader, group_size):
+            for unit in group:
+                _separate(system, unit, condition)
+            n_tasks = pool.jobs if len(group) == 1 else 1
+            tasks = [_tasks(unit, cfg, n_tasks) for unit in group]
+            for unit in group:  # the audio now lives in the tasks only
+                unit.mix = unit.ref = unit.est = unit.est_row = None
+            if pending is not None:
+                yield from finish(pending)
+            pending = (group, tasks, pool.submit([args for unit_tasks in tasks for _, args in unit_tasks]))
+        if pending is not None:
+            yield from finish(pending)
+    finally:
+        reader.close()
 
 
-def _score_many(refs, ests, mixes, cfg, jobs: int) -> list[dict[str, Any]]:
-    if jobs <= 1 or len(refs) == 1:
-        return [score(r, e, m, cfg) for r, e, m in zip(refs, ests, mixes, strict=True)]
-    return Parallel(n_jobs=jobs)(delayed(score)(r, e, m, cfg) for r, e, m in zip(refs, ests, mixes, strict=True))
-
-
-def _separate_and_score(system: System, mix: np.ndarray, ref: np.ndarray, items: pd.DataFrame, condition: str,
-                        cfg: dict, jobs: int) -> list[dict[str, Any]]:
-    """Separate and score the items of a batch that the system can separate; the others get their status."""
-    skip = system.unscorable(items, condition)
-    scored = [_unscored(skip[i]) if i in skip else None for i in items["item_id"]]
-    keep = np.array([s is None for s in scored])
-    if keep.any():
-        est = system.separate(mix[keep], ref[keep], items[keep], condition)
-        for j, m in zip(np.flatnonzero(keep), _score_many(list(ref[keep]), list(est), list(mix[keep]), cfg, jobs),
-                        strict=True):
-            scored[j] = m
-    return scored
-
-
-def _rows(system: System, evalset: EvalSet, items: pd.DataFrame, condition: str,
-          scored: list[dict[str, Any]], seconds: float, common: dict[str, Any]) -> list[dict[str, Any]]:
-    per_item = seconds / max(len(items), 1)
-    rows = []
-    for (_, item), m in zip(items.iterrows(), scored, strict=True):
-        rows.append({"system": system.name, "dataset": evalset.dataset, "split": evalset.split,
-                     "condition": condition, "item_id": item["item_id"], "class_id": int(item["class_id"]),
-                     "label": item["label"], **m, "seconds": per_item, **common})
-    return rows
+def _plans(evalset: EvalSet, manifest: pd.DataFrame, opts: EvalOptions, ranks: Ranks, conditions: Sequence[str],
+           done: dict[str, set[str]]) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """Per condition, this rank's units that still have rows to write: ``(positions, todo mask)``."""
+    units = _plan(len(manifest), evalset.virtual, opts.batch_size, ranks)
+    plans = {}
+    for c in conditions:
+        todo_all = ~manifest["item_id"].isin(done.get(c, set())).to_numpy()
+        plans[c] = [(pos, todo_all[pos]) for pos in units if todo_all[pos].any()]
+    return plans
 
 
 def evaluate_set(system: System, evalset: EvalSet, opts: EvalOptions, common: dict[str, Any],
-                 progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
-    """Evaluate one built set under every condition of the system (after ``system.prepare``); returns rows."""
-    cfg = load_dataset_config(evalset.dataset)
-    manifest = evalset.manifest
-    if opts.limit:
-        manifest = manifest.iloc[: opts.limit]
-    rows: list[dict[str, Any]] = []
-    conditions = system.conditions(evalset.dataset)
-    total = len(manifest) * len(conditions)
-    for condition in conditions:
-        if evalset.virtual:
-            corpus = get_corpus(evalset.dataset, evalset.corpus_root)
-            for i in range(len(manifest)):
-                item = manifest.iloc[i: i + 1]
-                t0 = time.perf_counter()
-                row = item.iloc[0]
-                if skip := system.unscorable(item, condition):  # no audio read, no separation
-                    scored = [_unscored(skip[row["item_id"]])]
-                else:
-                    try:
-                        mix = corpus.read(AudioRef(evalset.corpus_root / row["mixture_file"]), cfg["sample_rate"])
-                        ref = corpus.read(AudioRef(evalset.corpus_root / row["target_file"]), cfg["sample_rate"])
-                    except UssBenchError as exc:
-                        scored = [_unscored(f"read_error: {exc}")]
-                    else:
-                        n = min(len(mix), len(ref))
-                        scored = _separate_and_score(system, mix[None, :n], ref[None, :n], item, condition, cfg, 1)
-                rows += _rows(system, evalset, item, condition, scored, time.perf_counter() - t0, common)
-                if progress:
-                    progress(len(rows), total)
-            continue
-        for start in range(0, len(manifest), opts.batch_size):
-            items = manifest.iloc[start: start + opts.batch_size]
-            t0 = time.perf_counter()
-            mix, ref = evalset.read_rows(np.arange(start, start + len(items)))
-            scored = _separate_and_score(system, mix, ref, items, condition, cfg, opts.jobs)
-            rows += _rows(system, evalset, items, condition, scored, time.perf_counter() - t0, common)
-            if progress:
-                progress(len(rows), total)
-    return rows
+                 progress: Callable[[int, int], None] | None = None, *, ranks: Ranks | None = None,
+                 done: dict[str, set[str]] | None = None) -> dict[str, int]:
+    """Evaluate this rank's items of one built set that have no row in its parts yet, under every
+    condition of the system (after ``system.prepare``), flushing rows into part files as they complete.
 
-
-def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, int], None] | None = None
-             ) -> dict[str, Any]:
-    """Evaluate ``system`` on every dataset of ``opts`` and write ``items.parquet`` + ``run.json``.
-
-    Each dataset's rows are first written to ``<out>/parts/<dataset>.parquet`` (atomically); with
-    ``opts.resume`` a dataset whose part exists is not evaluated again. ``items.parquet`` is the
-    concatenation of the parts in Table 2 order.
+    Args:
+        system, evalset, opts: what to evaluate, on which set, how.
+        common: provenance columns of every row.
+        progress: called as ``progress(rows_done, rows_total)`` for this rank.
+        ranks: this process's rank (one process when ``None``).
+        done: ``{condition: item ids already in the parts}``; read from the parts when ``None``.
 
     Returns:
-        the ``run.json`` content.
+        ``{"computed": rows written}``.
+    """
+    ranks = ranks or Ranks()
+    cfg = load_dataset_config(evalset.dataset)
+    manifest = evalset.manifest.iloc[: opts.limit] if opts.limit else evalset.manifest
+    conditions = system.conditions(evalset.dataset)
+    if done is None:
+        done = {c: done_items(opts.out, evalset.dataset, c) for c in conditions}
+    plans = _plans(evalset, manifest, opts, ranks, conditions, done)
+    total = sum(int(todo.sum()) for plan in plans.values() for _, todo in plan)
+    computed = 0
+    with _ScorePool(opts.jobs) as pool:
+        for c in conditions:
+            writer = PartWriter(parts_dir(opts.out, evalset.dataset, c), ranks.rank, opts.part_items)
+            try:
+                for rows in _pipeline(system, evalset, manifest, cfg, c, plans[c], pool, common):
+                    writer.add(rows)
+                    computed += len(rows)
+                    if progress:
+                        progress(computed, total)
+            finally:
+                writer.flush()  # rows already computed survive an error in a later unit
+    return {"computed": computed}
+
+
+def merge_parts(out: str | Path, evalset: EvalSet, conditions: Sequence[str], limit: int | None = None
+                ) -> tuple[pd.DataFrame, int]:
+    """The rows of one dataset from its parts: manifest items only, condition then manifest order.
+
+    Returns:
+        ``(rows, duplicates dropped)``. Duplicates of (condition, item_id) keep the first row in part
+        order (rank, sequence) and are logged.
 
     Raises:
-        UssBenchError: a requested dataset has no built set in the workdir.
+        UssBenchError: an item of the manifest (first ``limit``) has no row, or a part is unreadable.
+    """
+    manifest = evalset.manifest.iloc[:limit] if limit else evalset.manifest
+    frames = [_read_part(p) for c in conditions for p in part_files(parts_dir(out, evalset.dataset, c))]
+    df = pd.concat(frames, ignore_index=True) if frames else items_frame([])
+    wanted = df["condition"].isin(list(conditions)) & df["item_id"].isin(manifest["item_id"])
+    if not wanted.all():  # e.g. a resumed run with a smaller --limit
+        log.info("%s: %d row(s) in the parts are outside this run's items; not merged", evalset.dataset,
+                 int((~wanted).sum()))
+        df = df[wanted]
+    dup = df.duplicated(["condition", "item_id"], keep="first")
+    n_dup = int(dup.sum())
+    if n_dup:
+        log.warning("%s: %d duplicate row(s) in %s (e.g. %s); kept the first of each", evalset.dataset, n_dup,
+                    parts_dir(out, evalset.dataset), df.loc[dup, "item_id"].iloc[0])
+        df = df[~dup]
+    expected = len(manifest) * len(conditions)
+    if len(df) != expected:
+        have = set(zip(df["condition"], df["item_id"], strict=True))
+        missing = [(c, i) for c in conditions for i in manifest["item_id"] if (c, i) not in have]
+        raise UssBenchError(f"{parts_dir(out, evalset.dataset)}: {len(missing)} item(s) have no row "
+                            f"(first: condition {missing[0][0]}, {missing[0][1]}); rerun with --resume")
+    order = pd.Series(np.arange(len(manifest)), index=manifest["item_id"].to_numpy())
+    cond_order = {c: k for k, c in enumerate(conditions)}
+    key = df["condition"].map(cond_order).to_numpy() * len(manifest) + order.loc[df["item_id"]].to_numpy()
+    df = df.iloc[np.argsort(key, kind="stable")].reset_index(drop=True)
+    return df[list(ITEM_COLUMNS)], n_dup
+
+
+def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, int], None] | None = None,
+             ranks: Ranks | None = None) -> dict[str, Any] | None:
+    """Evaluate ``system`` on every dataset of ``opts`` and write ``items.parquet`` + ``run.json``.
+
+    Rows go to part files as they complete (layout and resume rules: module docstring); the final
+    ``items.parquet`` is their merge in Table 2 (``opts.datasets``) order, then condition and manifest
+    order. Under torchrun (``ranks``) every rank evaluates its units and rank 0 merges.
+
+    Returns:
+        the ``run.json`` content on rank 0; ``None`` on the other ranks.
+
+    Raises:
+        UssBenchError: a requested dataset has no built set in the workdir, ``--resume`` meets parts of
+            another system/checkpoint/build, a part is unreadable, or items are missing at the merge.
+        ConfigError: bad options (:meth:`EvalOptions.check`).
     """
     t0 = time.perf_counter()
+    opts.check()
+    ranks = ranks or Ranks()
     out = Path(opts.out)
-    parts = out / "parts"
     common = {"checkpoint_sha256": system.checkpoint_sha256, "harness_version": harness.__version__,
               "git_revision": git_revision()}
     sets = [open_set(opts.workdir, d, opts.split) for d in opts.datasets]
     for evalset in sets:  # fail before any work when, e.g., a query set is missing
         system.prepare(evalset.dataset)
-    timings = {}
+    if opts.resume:
+        for evalset in sets:
+            _check_parts(out, system, evalset)
+    if ranks.is_main:
+        for evalset in sets:
+            _init_parts(out, system, evalset, opts.resume)
+    ranks.barrier()  # parts cleared before anyone scans or writes
+    done = {s.dataset: {c: done_items(out, s.dataset, c) for c in system.conditions(s.dataset)} for s in sets}
+    ranks.barrier()  # everyone has scanned before anyone writes: "resumed" counts only older rows
+    timings, computed = {}, {}
+    ex_info = {**parallel.Executor(opts.executor, opts.jobs, opts.scheduler).describe(), "started": False}
+    with contextlib.ExitStack() as stack:
+        for evalset in sets:
+            d = evalset.dataset
+            manifest = evalset.manifest.iloc[: opts.limit] if opts.limit else evalset.manifest
+            if not any(_plans(evalset, manifest, opts, ranks, system.conditions(d), done[d]).values()):
+                log.info("resume: rank %d has nothing left to evaluate in %s", ranks.rank, d)
+                computed[d] = 0
+                continue
+            if parallel.active() is None:
+                ex = stack.enter_context(parallel.executor(opts.executor, opts.jobs, opts.scheduler))
+                ex_info = {**ex.describe(), "started": True}
+            t = time.perf_counter()
+            cb = (lambda done_, total, d=d: progress(d, done_, total)) if progress else None
+            computed[d] = evaluate_set(system, evalset, opts, common, cb, ranks=ranks, done=done[d])["computed"]
+            timings[d] = round(time.perf_counter() - t, 3)
+    gathered = ranks.gather({"computed": computed, "timings": timings, "executor": ex_info})  # waits for all
+    if not ranks.is_main:
+        return None
+    frames, stats = [], {}
     for evalset in sets:
-        part = parts / f"{evalset.dataset}.parquet"
-        if opts.resume and part.is_file():
-            log.info("resume: %s already evaluated (%s)", evalset.dataset, part)
-            continue
-        t = time.perf_counter()
-        cb = (lambda done, total, d=evalset.dataset: progress(d, done, total)) if progress else None
-        rows = evaluate_set(system, evalset, opts, common, cb)
-        atomic_write_parquet(items_frame(rows), part)
-        timings[evalset.dataset] = round(time.perf_counter() - t, 3)
-    frames = [pd.read_parquet(parts / f"{d}.parquet") for d in opts.datasets]
+        d = evalset.dataset
+        conditions = system.conditions(d)
+        frame, n_dup = merge_parts(out, evalset, conditions, opts.limit)
+        frames.append(frame)
+        ids = set(frame["item_id"])
+        stats[d] = {"rows": len(frame), "resumed": sum(len(done[d][c] & ids) for c in conditions),
+                    "computed": sum(g["computed"].get(d, 0) for g in gathered), "duplicates_dropped": n_dup}
     items = pd.concat(frames, ignore_index=True) if frames else items_frame([])
     atomic_write_parquet(items, out / "items.parquet")
+    seconds = {d: max(g["timings"][d] for g in gathered if d in g["timings"])
+               for d in opts.datasets if any(d in g["timings"] for g in gathered)}
     run = {
         "system": system.name,
         "checkpoint_sha256": system.checkpoint_sha256,
@@ -306,7 +723,10 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
         "datasets": opts.datasets,
         "builds": {s.dataset: {"digest": s.build["digest"], "path": str(s.path)} for s in sets},
         "counts": {d: g["status"].value_counts().to_dict() for d, g in items.groupby("dataset")},
-        "timings_s": {**timings, "total": round(time.perf_counter() - t0, 3)},
+        "items": stats,
+        "execution": {"ranks": ranks.world_size, "backend": ranks.backend,
+                      "executor": gathered[0]["executor"]},
+        "timings_s": {**seconds, "total": round(time.perf_counter() - t0, 3)},
         "versions": versions(),
         "git_revision": common["git_revision"],
     }

@@ -40,7 +40,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
+from joblib import delayed
 
 import harness
 from harness.audio import AudioRef, audio_info, fix_length, read_audio, resample, resolve_audio_path
@@ -57,6 +57,7 @@ from harness.datasets.store import (
     set_dir,
 )
 from harness.errors import ConfigError, UssBenchError
+from harness.parallel import parallel
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ def plan_slakh(corpus: Corpus, tracks: list[Track], cfg: dict, opts: BuildOption
     vocab = corpus.vocabulary()
     per_class = opts.per_class or cfg["items_per_class"]
     jobs = [(track, src) for track in tracks for src in track.sources]
-    scans = Parallel(n_jobs=opts.jobs)(
+    scans = parallel(opts.jobs)(
         delayed(_active_frames)(corpus, src.audio, cfg["frame_peak"], cfg["segment_seconds"]) for _, src in jobs
     )
     frames: dict[str, list[tuple[Track, Any, int]]] = {}
@@ -417,7 +418,7 @@ def _render_clip_window(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor
         requests.setdefault(spec.interferer, []).append((spec.anchor_seeds[1], spec.interferer_class_id))
     sources = list(requests.items())
     batches = [sources[i: i + SOURCE_BATCH] for i in range(0, len(sources), SOURCE_BATCH)]
-    done = Parallel(n_jobs=opts.jobs)(
+    done = parallel(opts.jobs)(
         delayed(_cut_sources)(b, corpus, cfg, anchor, opts.sed_checkpoint) for b in batches
     )
     cuts = {ref: c for b, out in zip(batches, done, strict=True) for (ref, _), c in zip(b, out, strict=True)}
@@ -633,7 +634,7 @@ def _render_to_h5(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor: str,
                 if progress:
                     progress(len(rows), n)
             return rows
-        results = Parallel(n_jobs=opts.jobs, return_as="generator")(
+        results = parallel(opts.jobs, return_as="generator")(
             delayed(_render_batch)(b, corpus, cfg, anchor, opts.sed_checkpoint) for b in batches
         )
         write_mix, write_tgt = _RowWriter(mix), _RowWriter(tgt)
@@ -678,7 +679,7 @@ def _virtual_row(spec: ItemSpec, sr: int) -> dict[str, Any]:
 
 def _virtual_rows(specs: list[ItemSpec], cfg: dict, jobs: int, progress: Callable | None) -> list[dict]:
     """Rows of virtual items: length at 32 kHz and the sha256 of the corpus files' bytes."""
-    rows = Parallel(n_jobs=jobs)(delayed(_virtual_row)(s, cfg["sample_rate"]) for s in specs)
+    rows = parallel(jobs)(delayed(_virtual_row)(s, cfg["sample_rate"]) for s in specs)
     if progress:
         progress(len(rows), len(rows))
     return rows

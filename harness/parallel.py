@@ -1,0 +1,278 @@
+"""Where parallel work runs: joblib executors (loky, Dask) and torchrun ranks (DESIGN §8).
+
+**Executors** run CPU work (``build-mixtures`` rendering, ``eval`` metric scoring) in worker processes,
+selected with ``--jobs N --executor loky|dask [--scheduler ADDR]``:
+
+- ``loky`` (default): joblib's process pool on this machine, ``N`` workers.
+- ``dask``: joblib's ``"dask"`` backend on a ``distributed.Client``: the cluster at ``--scheduler ADDR``
+  (e.g. ``tcp://10.0.0.5:8786``; its workers must be able to ``import harness``), or without
+  ``--scheduler`` a ``LocalCluster`` of ``N`` single-threaded worker processes started for the run and
+  closed after it. All the cluster's worker threads are used.
+
+:func:`executor` selects one for the calling thread (a context manager); :func:`parallel` gives the
+``joblib.Parallel`` that the call sites use. Work is split into pure tasks whose results come back in
+submission order, so the outputs do not depend on the executor or the number of workers. Worker
+processes run with one torch/BLAS thread each (:func:`limit_threads`), so ``N`` workers use ``N`` cores.
+
+**Ranks**: under ``torchrun --nproc-per-node N -m harness eval ...`` each process reads ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK`` (:func:`dist_env`); :func:`distributed` initialises the process group
+(NCCL when CUDA is used, else gloo) and yields a :class:`Ranks` with ``barrier`` and ``gather``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import joblib
+
+from harness.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = ("loky", "dask")
+"""Names accepted by ``--executor``."""
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "BLIS_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+"""Environment variables that cap the thread pools of OpenMP, MKL, OpenBLAS, BLIS, Accelerate, numexpr."""
+
+DIST_TIMEOUT_S = float(os.environ.get("USS_BENCH_DIST_TIMEOUT_S", 6 * 3600))
+"""How long a rank waits for the others at a barrier (s) [env USS_BENCH_DIST_TIMEOUT_S, 6 h]."""
+
+
+@dataclass(frozen=True)
+class Executor:
+    """The executor in use.
+
+    Attributes:
+        kind: ``"loky"`` or ``"dask"``.
+        jobs: parallel tasks it runs at once (``--jobs`` for loky; the cluster's worker threads for dask).
+        scheduler: the Dask scheduler address, or ``None``.
+    """
+
+    kind: str = "loky"
+    jobs: int = 1
+    scheduler: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """``{"kind", "jobs", "scheduler"}`` for ``run.json``."""
+        return {"kind": self.kind, "jobs": self.jobs, "scheduler": self.scheduler}
+
+
+_ACTIVE: contextvars.ContextVar[Executor | None] = contextvars.ContextVar("uss_bench_executor", default=None)
+
+
+def check_executor(kind: str, jobs: int, scheduler: str | None) -> None:
+    """Validate ``--executor``, ``--jobs`` and ``--scheduler`` before any work starts.
+
+    Raises:
+        ConfigError: unknown executor, ``jobs < 1``, or ``--scheduler`` without ``--executor dask``.
+    """
+    if kind not in EXECUTORS:
+        raise ConfigError(f"--executor {kind!r}: choose one of {', '.join(EXECUTORS)}")
+    if int(jobs) < 1:
+        raise ConfigError(f"--jobs {jobs}: needs at least 1 worker")
+    if scheduler and kind != "dask":
+        raise ConfigError(f"--scheduler {scheduler} needs --executor dask (got --executor {kind})")
+
+
+@contextmanager
+def executor(kind: str = "loky", jobs: int = 1, scheduler: str | None = None) -> Iterator[Executor]:
+    """Run the joblib work of the block on the chosen executor.
+
+    Args:
+        kind: ``"loky"`` or ``"dask"``.
+        jobs: loky workers; for ``dask`` without ``scheduler``, the ``LocalCluster`` worker processes.
+        scheduler: Dask scheduler address (``dask`` only); ``None`` starts a ``LocalCluster``.
+
+    Yields:
+        the :class:`Executor` (``jobs`` is the number of tasks it runs at once).
+
+    Raises:
+        ConfigError: bad options (:func:`check_executor`), ``distributed`` is not installed, or the
+            scheduler cannot be reached.
+    """
+    check_executor(kind, jobs, scheduler)
+    if kind == "loky":
+        ex = Executor("loky", int(jobs))
+        token = _ACTIVE.set(ex)
+        try:
+            with joblib.parallel_config(backend="loky", n_jobs=ex.jobs, inner_max_num_threads=1):
+                yield ex
+        finally:
+            _ACTIVE.reset(token)
+        return
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ConfigError("--executor dask needs the distributed package: pip install 'uss-bench[dask]'") from exc
+    cluster = None
+    if scheduler:
+        try:
+            client = distributed.Client(scheduler, timeout=30, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ConfigError(f"--scheduler {scheduler}: cannot connect to the Dask scheduler ({exc}); "
+                              "check the address (e.g. tcp://HOST:8786) and that it is running") from exc
+    else:
+        cluster = distributed.LocalCluster(n_workers=int(jobs), threads_per_worker=1, processes=True,
+                                           dashboard_address=None, silence_logs=logging.ERROR,
+                                           env={v: "1" for v in THREAD_VARS})
+        client = distributed.Client(cluster, set_as_default=False)
+    try:
+        client.wait_for_workers(1, timeout=60)
+        ex = Executor("dask", max(1, sum(client.nthreads().values())), scheduler)
+        token = _ACTIVE.set(ex)
+        try:
+            with joblib.parallel_config(backend="dask", n_jobs=-1, client=client):
+                yield ex
+        finally:
+            _ACTIVE.reset(token)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def active() -> Executor | None:
+    """The executor selected by the innermost :func:`executor` block of this thread, or ``None``."""
+    return _ACTIVE.get()
+
+
+def effective_jobs(jobs: int) -> int:
+    """Tasks that run at once: the active executor's, else ``jobs`` (joblib's default loky backend)."""
+    ex = active()
+    return ex.jobs if ex is not None else max(1, int(jobs))
+
+
+def parallel(jobs: int, **kwargs: Any) -> joblib.Parallel:
+    """``joblib.Parallel`` on the active executor.
+
+    Args:
+        jobs: workers wanted (``--jobs``) when no executor is active or it is loky; a Dask executor uses
+            all its worker threads.
+        kwargs: passed to ``joblib.Parallel`` (``return_as``, ``pre_dispatch``...).
+    """
+    ex = active()
+    n_jobs = -1 if ex is not None and ex.kind == "dask" else max(1, int(jobs))
+    return joblib.Parallel(n_jobs=n_jobs, **kwargs)
+
+
+def limit_threads() -> None:
+    """Give this (worker) process one torch/BLAS thread: sets the :data:`THREAD_VARS` and, when torch is
+    loaded, ``torch.set_num_threads(1)``. Call it in tasks, never in the main process."""
+    for var in THREAD_VARS:
+        os.environ[var] = "1"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+# -- torchrun ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ranks:
+    """This process's place among the torchrun ranks (one process: rank 0 of 1).
+
+    Attributes:
+        rank: global rank (``RANK``).
+        world_size: number of ranks (``WORLD_SIZE``).
+        local_rank: rank on this machine (``LOCAL_RANK``): the CUDA device index.
+        backend: ``"gloo"``, ``"nccl"`` or ``None`` (no process group).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0 (it merges the parts and writes ``items.parquet``)."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every rank (a no-op for one process)."""
+        if self.backend is None:
+            return
+        import torch.distributed as dist
+
+        if self.backend == "nccl":
+            dist.barrier(device_ids=[self.local_rank])
+        else:
+            dist.barrier()
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), indexed by rank, on every rank; ``[obj]`` for one process."""
+        if self.backend is None:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def device(self, device: str) -> str:
+        """The device of this rank: ``cuda:LOCAL_RANK`` for ``auto``/``cuda`` when CUDA is available and
+        there are several ranks; otherwise ``device`` unchanged."""
+        if self.world_size > 1 and device in ("auto", "cuda"):
+            import torch
+
+            if torch.cuda.is_available():
+                return f"cuda:{self.local_rank}"
+        return device
+
+
+def dist_env() -> tuple[int, int, int] | None:
+    """``(RANK, WORLD_SIZE, LOCAL_RANK)`` from the torchrun environment, or ``None`` outside torchrun.
+
+    Raises:
+        ConfigError: the variables are set but are not integers with ``0 <= RANK < WORLD_SIZE``.
+    """
+    if "WORLD_SIZE" not in os.environ and "RANK" not in os.environ:
+        return None
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError as exc:
+        raise ConfigError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers (torchrun sets them): {exc}") from None
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise ConfigError(f"inconsistent torchrun environment: RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local}")
+    return rank, world, local
+
+
+@contextmanager
+def distributed(device: str = "auto") -> Iterator[Ranks]:
+    """Join the torchrun process group for the block (one process: yields ``Ranks()``, does nothing).
+
+    The backend is NCCL when ``device`` allows CUDA and CUDA is available (each rank then uses
+    ``cuda:LOCAL_RANK``), else gloo. ``MASTER_ADDR``/``MASTER_PORT`` come from torchrun.
+
+    Raises:
+        ConfigError: a bad torchrun environment (:func:`dist_env`).
+    """
+    env = dist_env()
+    if env is None or env[1] == 1:
+        yield Ranks(*(env or (0, 1, 0)))
+        return
+    import torch
+    import torch.distributed as dist
+
+    rank, world, local = env
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=DIST_TIMEOUT_S))
+    try:
+        yield Ranks(rank, world, local, backend)
+    finally:
+        dist.destroy_process_group()
