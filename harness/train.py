@@ -572,6 +572,9 @@ def latest_checkpoint(run: Path) -> tuple[int, Path, Path] | None:
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class TrainResult:
+    """What :func:`train` returns: the run folder, total steps, the last step's loss, the last validation
+    SDRi (dB; ``None`` when no validation ran), wall seconds (summed over resumed sessions) and the model file."""
+
     run: Path
     steps: int
     final_loss: float
@@ -675,8 +678,9 @@ def train(cfg: TrainConfig, roots: dict[str, Path], out: Path, *, steps: int | N
     model = ResUNet30(size, cfg.channels, cfg.condition, n_fft=cfg.n_fft)
     start_step, history = 0, []
     found = latest_checkpoint(out) if resume else None
-    if resume and found is None and (out / "metrics.csv").exists():
-        raise CheckpointError(f"--resume {out}: no complete checkpoint (model + state files) in {out}/checkpoints")
+    if resume and found is None:
+        raise CheckpointError(f"--resume {out}: no complete checkpoint (model + state files) in {out}/checkpoints; "
+                              "start the run without --resume")
     state_meta = None
     if found:
         start_step, model_file, state_file = found

@@ -179,6 +179,8 @@ def test_resume_is_bit_identical(tmp_path):
 def test_resume_refuses_a_checkpoint_of_another_shape(tmp_path):
     cfg = tiny_config(tmp_path)
     roots = resolve_source_roots(cfg, [])
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        train(cfg, roots, tmp_path / "empty", steps=2, resume=True, progress=False)
     train(cfg, roots, tmp_path / "run", steps=2, progress=False)
     cfg.channels = (3, 3, 3, 3, 3, 3)
     with pytest.raises(CheckpointError, match="does not fit"):
