@@ -65,25 +65,58 @@ def upstream_sdr(ref: np.ndarray, est: np.ndarray, eps: float = 1e-10) -> float:
     return float(10.0 * np.log10(num / den))
 
 
-class _Clock:
-    """Wall and process CPU time of one call, plus the CUDA peak memory when on a GPU."""
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """``(busy, steal)`` clock ticks of all CPUs from ``/proc/stat`` (busy: user, nice, system, irq,
+    softirq), or ``None`` where there is no such file."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return user + nice + system + irq + softirq, steal
 
-    def __init__(self, device):
+
+class _Clock:
+    """Wall and process CPU time of one call, the time spent inside ``module``'s forward during it
+    (forward hooks; on CUDA synchronised at each forward's end), the CPU time other processes used
+    meanwhile (a shared machine), and the CUDA peak memory when on a GPU."""
+
+    def __init__(self, device, module):
         import torch
 
         self.torch, self.cuda = torch, device.type == "cuda"
         self.device = device
+        self.forward_s, self._t0 = 0.0, 0.0
+        module.register_forward_pre_hook(self._pre)
+        module.register_forward_hook(self._post)
+
+    def _pre(self, module, args) -> None:
+        self._t0 = time.perf_counter()
+
+    def _post(self, module, args, output) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+        self.forward_s += time.perf_counter() - self._t0
 
     def __call__(self, fn: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
         torch = self.torch
         if self.cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+        j0, load0 = _cpu_jiffies(), os.getloadavg()[0]
+        self.forward_s = 0.0
         t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         if self.cuda:
             torch.cuda.synchronize(self.device)
         run = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+        j1 = _cpu_jiffies()
+        if j0 is not None and j1 is not None:
+            hz = os.sysconf("SC_CLK_TCK")
+            run["other_cpu_s"] = max((j1[0] - j0[0]) / hz - run["cpu_s"], 0.0)
+            run["steal_s"] = (j1[1] - j0[1]) / hz
+        run["forward_s"] = self.forward_s
+        run["load_1min_before_after"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
         if self.cuda:
             run["gpu_peak_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         return out, run
@@ -138,7 +171,7 @@ def eval_throughput(ctx: Context) -> dict[str, Any]:
         labels = items["label"].tolist()
         mixtures, targets = evalset.read_rows(np.arange(n_items))
         conds = np.stack([table[label] for label in labels])
-        clock = _Clock(device)
+        clock = _Clock(device, separator)
         ctx.log(f"{n_items} items, batch {batch}, device {device}, torch threads {torch.get_num_threads()}")
 
         # (c) bare forward: the inputs already on the device, no reading, no scoring
@@ -148,6 +181,13 @@ def eval_throughput(ctx: Context) -> dict[str, Any]:
         def bare() -> list:
             with torch.inference_mode():
                 return [separator(x, c) for x, c in zip(xs, cs, strict=True)]
+
+        xs1 = [x[None] for x in torch.from_numpy(mixtures)[:, None].to(device)]
+        cs1 = [c[None] for c in torch.from_numpy(conds).to(device)]
+
+        def bare_b1() -> list:  # the bare forward one item at a time: what batching itself changes
+            with torch.inference_mode():
+                return [separator(x, c) for x, c in zip(xs1, cs1, strict=True)]
 
         # (b) the upstream-style loop: one item at a time, read, separate (batch of 1), numpy SDRi
         def loop() -> list[float]:
@@ -176,11 +216,12 @@ def eval_throughput(ctx: Context) -> dict[str, Any]:
 
         _, warm = clock(warm_up)
         ctx.log(f"warm-up forward of one batch: {warm['wall_s']:.1f} s")
-        runs: dict[str, list[dict[str, float]]] = {"ours": [], "loop": [], "bare": []}
+        runs: dict[str, list[dict[str, float]]] = {"ours": [], "loop": [], "bare": [], "bare_b1": []}
         outputs: dict[str, Any] = {}
-        order = ["ours", "bare", "loop"] if ctx.quick else ["ours", "bare", "loop", "bare", "ours"]
+        order = (["ours", "bare", "loop", "bare_b1"] if ctx.quick else
+                 ["ours", "bare", "loop", "bare_b1", "bare", "ours"])  # symmetric: a linear drift cancels
         for name in order:
-            fn = {"ours": ours, "bare": bare, "loop": loop}[name]
+            fn = {"ours": ours, "bare": bare, "loop": loop, "bare_b1": bare_b1}[name]
             result, run = clock(fn)
             if name == "ours":
                 run["run_json_timings_s"] = result["timings_s"]
@@ -205,12 +246,17 @@ def eval_throughput(ctx: Context) -> dict[str, Any]:
     diff_ab = float(np.max(np.abs(ours_sdri[ok] - loop_sdri[ok])))
     diff_cb = float(np.max(np.abs(bare_sdri[ok] - loop_sdri[ok])))
 
+    runs = {k: v for k, v in runs.items() if v}
     med = {k: statistics.median(r["wall_s"] for r in v) for k, v in runs.items()}
     med_cpu = {k: statistics.median(r["cpu_s"] for r in v) for k, v in runs.items()}
     mins = {k: min(r["wall_s"] for r in v) for k, v in runs.items()}
+    other = [r["other_cpu_s"] for v in runs.values() for r in v if "other_cpu_s" in r]
+    timed = sum(r["wall_s"] for v in runs.values() for r in v)
     ips = {k: n_items / v for k, v in med.items()}
     overhead = med["ours"] / med["bare"] - 1
     ours_stages = runs["ours"][0]["run_json_timings_s"]
+    # the same runs split at the separator's forward (hooks): noise between runs cancels out
+    outside = {k: statistics.median(r["wall_s"] / r["forward_s"] - 1 for r in v) for k, v in runs.items()}
     notes = [
         f"{n_items} items: the first {n_items} of the FSD50K test set built by build_mixtures from "
         f"data/dev/fsd50k (seed 1234; {build['counts']['items']} items in all): 2-s, 32-kHz real FSD50K clips "
@@ -224,12 +270,16 @@ def eval_throughput(ctx: Context) -> dict[str, Any]:
         "with the same condition vectors: separator vs separator. The oracle condition would add a Cnn14 "
         "pass per item to (a) only.",
         f"Items/s: (a) ours {ips['ours']:.3f}, (b) upstream-style loop {ips['loop']:.3f}, (c) bare forward "
-        f"{ips['bare']:.3f}. Speed-up (a)/(b) = {ips['ours'] / ips['loop']:.2f}×. On this CPU the forward "
-        "dominates every side (≈ 1 s per item), so batching buys little and reading / scoring / "
-        "bookkeeping are small; on a GPU the loop's per-item launch, transfer and scoring costs stand "
-        "out and the speed-up should be ≥ 10× (re-run with USS_BENCH_DEVICE=cuda).",
+        f"{ips['bare']:.3f}. Speed-up (a)/(b) = {ips['ours'] / ips['loop']:.2f}× (no target on the CPU; on a GPU "
+        "it should be ≥ 10×, where the loop's per-item launches, host-device copies and scoring stand out: "
+        f"re-run with {DEVICE_ENV}=cuda). The forward dominates on {device.type}: "
+        f"{med['bare'] / n_items:.2f} s per item in (c), reading, scoring and bookkeeping are small beside it.",
         f"Overhead of (a) over (c): {overhead * 100:+.1f} % of wall time (medians; from the fastest runs "
         f"{(mins['ours'] / mins['bare'] - 1) * 100:+.1f} %; CPU time {(med_cpu['ours'] / med_cpu['bare'] - 1) * 100:+.1f} %). "
+        f"Within each run, timing the separator's forward with hooks: (a) spends "
+        f"{outside['ours'] * 100:+.2f} % on top of its forward calls (median), (b) {outside['loop'] * 100:+.2f} %, "
+        f"(c) {outside['bare'] * 100:+.2f} %; this split is immune to the run-to-run drift of a shared VM "
+        "(several % here), which the wall-time overhead is not. "
         f"(a) in run_eval's own stages (first run): evaluate_set {ours_stages.get(DATASET)} s of "
         f"{ours_stages.get('total')} s total (the rest: opening the set, parts set-up, merge, "
         "items.parquet and run.json).",
@@ -241,8 +291,15 @@ def eval_throughput(ctx: Context) -> dict[str, Any]:
         "(on CUDA: synchronised, not copied back); (a) pays for reading mixtures.h5, host-device copies, "
         "scoring and the part files, which is what the overhead measures.",
         f"Run order {', '.join(order)} after one untimed warm-up forward; model load (not timed) "
-        f"{load_s:.1f} s. The machine is shared: see the load average below; CPU times are in the details.",
+        f"{load_s:.1f} s. Other processes used {sum(other):.0f} CPU-s during the {timed:.0f} s of timed runs "
+        f"(/proc/stat, {os.cpu_count()} CPUs; per run in the details, with the 1-min load before and after).",
     ]
+    if "bare_b1" in ips:
+        gain = ips["bare"] / ips["bare_b1"]
+        notes.insert(3, f"Batching on {device.type}: the bare forward runs {ips['bare_b1']:.3f} items/s one item at "
+                     f"a time and {ips['bare']:.3f} items/s at batch {batch} ({gain:.2f}×)"
+                     + (f", so here a batch-{batch} eval cannot beat a batch-1 loop: the speed-up (a)/(b) below 1 is "
+                        "the forward's, not the pipeline's." if gain < 1 else "."))
     measurements: dict[str, Any] = {
         "measured": (f"wall time of {n_items} FSD50K dev test items (2 s) with ResUNet30 (at_soft formula "
                      f"weights) on {device}: (a) run_eval(CheckpointSystem average, batch {batch}, jobs 1) vs "
@@ -254,8 +311,11 @@ def eval_throughput(ctx: Context) -> dict[str, Any]:
         "items_per_s_ours": ips["ours"],
         "items_per_s_loop": ips["loop"],
         "items_per_s_bare": ips["bare"],
+        "items_per_s_bare_batch1": ips.get("bare_b1"),
         "overhead": overhead,
         "overhead_cpu": med_cpu["ours"] / med_cpu["bare"] - 1,
+        "overhead_outside_forward": outside["ours"],
+        "loop_outside_forward": outside["loop"],
         "sdri_max_abs_diff_db": diff_ab,
         "sdri_bare_vs_loop_max_abs_diff_db": diff_cb,
         "items": n_items,
@@ -324,7 +384,7 @@ def eval_peak_rss(ctx: Context) -> dict[str, Any]:
         f"10 classes): {large_n:,} items hold {audio_mb:.0f} MiB of float32 audio (mixture + target). "
         "Each set is built, then evaluated by the probe of benchmarks/evalmem.py (shared with "
         "tests/benchmarks/test_eval_memory.py) in a fresh Python process, OMP_NUM_THREADS=1.",
-        f"Peak RSS (ru_maxrss): {small['peak_rss_mb']:.1f} MB at {small_n:,} items, {large['peak_rss_mb']:.1f} MB "
+        f"Peak RSS (VmHWM of the probe process): {small['peak_rss_mb']:.1f} MB at {small_n:,} items, {large['peak_rss_mb']:.1f} MB "
         f"at {large_n:,}: ratio {ratio:.3f}, growth {growth:+.1f} MB for {large_n - small_n:,} more items "
         f"({growth * 1024 / (large_n - small_n):.2f} KB per item; the audio is never held: "
         f"{audio_mb * 2**20 / 1e6 / large_n * 1e3:.0f} KB per item).",
@@ -333,11 +393,12 @@ def eval_peak_rss(ctx: Context) -> dict[str, Any]:
         f"working memory on top is {work[small_n]:.1f} MB at {small_n:,} items and {work[large_n]:.1f} MB at "
         f"{large_n:,}.",
         "What grows: the per-item tables, all read and written as Parquet through Arrow (the manifest, the "
-        "part files merged at the end, items.parquet), and above all the memory Arrow's default memory pool "
+        "part files merged at the end, items.parquet), and the memory that Arrow's default memory pool "
         "(mimalloc) commits and keeps while decoding and encoding them. Diagnosis, same sets, same run, "
         f"ARROW_DEFAULT_MEMORY_POOL=system: {system_pool[small_n]['peak_rss_mb']:.1f} → "
-        f"{system_pool[large_n]['peak_rss_mb']:.1f} MB, ratio {sys_ratio:.3f}, growth {sys_growth:+.1f} MB: "
-        "the rest of the growth is the allocator's, not rows the eval keeps.",
+        f"{system_pool[large_n]['peak_rss_mb']:.1f} MB, ratio {sys_ratio:.3f}, growth {sys_growth:+.1f} MB "
+        f"({sys_growth * 1024 / (large_n - small_n):.2f} KB per item: the tables themselves); the other "
+        f"{growth - sys_growth:.1f} MB of the growth are the allocator's.",
         "merge_parts (harness/evaluate.py) was made leaner for this benchmark: it kept the part frames, "
         "their concatenation and three filtered/sorted copies alive at once and hashed the string item "
         "ids twice (+34 MB RSS at 20,000 items, measured alone during development); it now keeps one copy and sorts and "

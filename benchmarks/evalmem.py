@@ -35,18 +35,24 @@ before = rss_mb("VmRSS")
 t = time.perf_counter()
 run = run_eval(MixtureBaseline(), EvalOptions(datasets=["fsd50k"], workdir=wd, out=out))
 print(json.dumps({"items": run["items"]["fsd50k"]["rows"], "seconds": round(time.perf_counter() - t, 2),
-                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                  "rss_before_eval_mb": before, "rss_after_eval_mb": rss_mb("VmRSS")}))
+                  "peak_rss_mb": rss_mb("VmHWM"), "rss_before_eval_mb": before, "rss_after_eval_mb": rss_mb("VmRSS"),
+                  "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 """
-"""Run as ``python3 -c PROBE WORKDIR OUT``: prints one JSON line. ``peak_rss_mb`` is the process's
-``ru_maxrss`` (imports included); ``rss_before_eval_mb`` its RSS once harness, torch, pandas... are
-imported, before ``run_eval``; ``rss_after_eval_mb`` its RSS after it."""
+"""Run as ``python3 -c PROBE WORKDIR OUT``: prints one JSON line. ``peak_rss_mb`` is the process's peak
+RSS, imports included: ``VmHWM`` of ``/proc/self/status``, the high-water mark of this program's own
+address space. Not ``ru_maxrss``: the probe starts by (v)fork + exec, and Linux keeps the peak of the
+address space before the exec (the parent's) in the child's ``ru_maxrss``, so a 3-GB parent (a
+benchmark run that has loaded a model) makes every probe report 3 GB; ``ru_maxrss_mb`` is kept for
+comparison.
+``rss_before_eval_mb`` is the RSS once harness, torch, pandas... are imported, before ``run_eval``;
+``rss_after_eval_mb`` the RSS after it."""
 
 
 def probe(workdir: Path, out: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Evaluate the fixed-length set in ``workdir`` into ``out`` in a fresh process (this checkout's
     ``harness``, one OpenMP thread, plus ``env``) and return the probe's JSON: ``items``, ``seconds`` (of
-    ``run_eval``), ``peak_rss_mb``, ``rss_before_eval_mb``, ``rss_after_eval_mb``.
+    ``run_eval``), ``peak_rss_mb``, ``rss_before_eval_mb``, ``rss_after_eval_mb``, ``ru_maxrss_mb``
+    (see :data:`PROBE`).
 
     Raises:
         subprocess.CalledProcessError: the probe failed (its stderr is in the exception).
