@@ -625,28 +625,34 @@ def merge_parts(out: str | Path, evalset: EvalSet, conditions: Sequence[str], li
     manifest = evalset.manifest.iloc[:limit] if limit else evalset.manifest
     frames = [_read_part(p) for c in conditions for p in part_files(parts_dir(out, evalset.dataset, c))]
     df = pd.concat(frames, ignore_index=True) if frames else items_frame([])
-    wanted = df["condition"].isin(list(conditions)) & df["item_id"].isin(manifest["item_id"])
+    del frames  # memory: one copy of the rows at a time (peak RSS must not grow with the items, issue 5)
+    # Each row's key (condition position × items + manifest position) through two hash lookups, then
+    # np.unique: it drops the rows outside this run, keeps the first row of each key in part order
+    # (return_index gives first occurrences) and sorts by key, i.e. condition then manifest order.
+    n = len(manifest)
+    pos = pd.Index(manifest["item_id"]).get_indexer(df["item_id"])
+    cond = pd.Index(list(conditions)).get_indexer(df["condition"])
+    wanted = (pos >= 0) & (cond >= 0)
     if not wanted.all():  # e.g. a resumed run with a smaller --limit
         log.info("%s: %d row(s) in the parts are outside this run's items; not merged", evalset.dataset,
                  int((~wanted).sum()))
-        df = df[wanted]
-    dup = df.duplicated(["condition", "item_id"], keep="first")
-    n_dup = int(dup.sum())
+    key = np.where(wanted, cond.astype(np.int64) * n + pos, -1)
+    keys, first = np.unique(key, return_index=True)
+    keys, first = keys[keys >= 0], first[keys >= 0]
+    n_dup = int(wanted.sum()) - len(keys)
     if n_dup:
+        dup = wanted.copy()
+        dup[first] = False
         log.warning("%s: %d duplicate row(s) in %s (e.g. %s); kept the first of each", evalset.dataset, n_dup,
-                    parts_dir(out, evalset.dataset), df.loc[dup, "item_id"].iloc[0])
-        df = df[~dup]
-    expected = len(manifest) * len(conditions)
-    if len(df) != expected:
-        have = set(zip(df["condition"], df["item_id"], strict=True))
-        missing = [(c, i) for c in conditions for i in manifest["item_id"] if (c, i) not in have]
+                    parts_dir(out, evalset.dataset), df["item_id"].iloc[int(np.flatnonzero(dup)[0])])
+    expected = n * len(conditions)
+    if len(keys) != expected:
+        missing = np.setdiff1d(np.arange(expected), keys)
+        c, i = divmod(int(missing[0]), n)
         raise UssBenchError(f"{parts_dir(out, evalset.dataset)}: {len(missing)} item(s) have no row "
-                            f"(first: condition {missing[0][0]}, {missing[0][1]}); rerun with --resume")
-    order = pd.Series(np.arange(len(manifest)), index=manifest["item_id"].to_numpy())
-    cond_order = {c: k for k, c in enumerate(conditions)}
-    key = df["condition"].map(cond_order).to_numpy() * len(manifest) + order.loc[df["item_id"]].to_numpy()
-    df = df.iloc[np.argsort(key, kind="stable")].reset_index(drop=True)
-    return df[list(ITEM_COLUMNS)], n_dup
+                            f"(first: condition {conditions[c]}, {manifest['item_id'].iloc[i]}); rerun with --resume")
+    columns = [df.columns.get_loc(c) for c in ITEM_COLUMNS]
+    return df.iloc[first, columns].reset_index(drop=True), n_dup
 
 
 def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, int], None] | None = None,
@@ -712,7 +718,8 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
         ids = set(frame["item_id"])
         stats[d] = {"rows": len(frame), "resumed": sum(len(done[d][c] & ids) for c in conditions),
                     "computed": sum(g["computed"].get(d, 0) for g in gathered), "duplicates_dropped": n_dup}
-    items = pd.concat(frames, ignore_index=True) if frames else items_frame([])
+    items = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True) if frames else items_frame([])
+    del frames
     atomic_write_parquet(items, out / "items.parquet")
     seconds = {d: max(g["timings"][d] for g in gathered if d in g["timings"])
                for d in opts.datasets if any(d in g["timings"] for g in gathered)}
