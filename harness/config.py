@@ -34,12 +34,26 @@ def load_dataset_config(name: str) -> dict[str, Any]:
     if name not in DATASET_NAMES:
         raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     path = DATASETS_DIR / f"{name}.toml"
-    if not path.is_file():
-        raise ConfigError(f"dataset declaration {path} is missing; is the checkout complete?")
-    try:
-        cfg = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+    cfg = read_toml(path, f"dataset declaration {path} is missing; is the checkout complete?")
     if cfg.get("name") != name:
         raise ConfigError(f"{path}: name = {cfg.get('name')!r}, expected {name!r}")
     return cfg
+
+
+def read_toml(path: Path, missing: str) -> dict:
+    """Parse a TOML file.
+
+    Args:
+        path: the file.
+        missing: the error message when the file does not exist (say what to do).
+
+    Raises:
+        ConfigError: ``missing`` when the file is absent; the file and the parser's message when it is not
+            valid TOML.
+    """
+    if not path.is_file():
+        raise ConfigError(missing)
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc

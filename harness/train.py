@@ -40,7 +40,6 @@ import os
 import platform
 import shutil
 import time
-import tomllib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -56,7 +55,7 @@ from torch import nn
 import harness
 from harness import SAMPLE_RATE
 from harness.audio import AudioRef, fix_length
-from harness.config import REPO_ROOT
+from harness.config import REPO_ROOT, read_toml
 from harness.datasets import get_corpus
 from harness.datasets.base import resolve_root
 from harness.errors import CheckpointError, ConfigError
@@ -117,12 +116,7 @@ class TrainConfig:
             ConfigError: the file is missing, not TOML, has unknown keys or bad values (named).
         """
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"training config {path} does not exist; see models/*.toml for examples")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        raw = read_toml(path, f"training config {path} does not exist; see models/*.toml for examples")
         flat: dict[str, Any] = {"name": raw.pop("name", path.stem)}
         mapping = {
             "model": {"channels": "channels", "n_fft": "n_fft", "architecture": None},
