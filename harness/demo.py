@@ -13,7 +13,6 @@ numbers, better or worse, means the pipeline changed and the baseline must be re
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from harness.datasets.store import atomic_write_parquet
 from harness.errors import CheckpointError, UssBenchError
 from harness.evaluate import BASELINES, EvalOptions, run_eval
 from harness.mixtures import BuildOptions, build_mixtures
+from harness.models.checkpoints import file_sha256
 from harness.reports import Comparison, compare_runs, render_report, write_baseline
 
 DEMO_ROOT = REPO_ROOT / "datasets" / "demo"
@@ -62,7 +62,7 @@ def verify_demo_checkpoint(path: Path = DEMO_CHECKPOINT, sums: Path = DEMO_CHECK
     if not path.is_file():
         raise CheckpointError(f"the demo checkpoint {path} is missing; restore it from git "
                               "or retrain it (models/demo/README.md)")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_sha256(path)
     expected = {line.split()[1].lstrip("*"): line.split()[0] for line in sums.read_text().splitlines() if line.strip()}
     if expected.get(path.name) != digest:
         raise CheckpointError(

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
@@ -58,6 +59,7 @@ from harness.audio import AudioRef, fix_length
 from harness.config import REPO_ROOT, read_toml
 from harness.datasets import get_corpus
 from harness.datasets.base import resolve_root
+from harness.datasets.store import atomic_write_text
 from harness.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -776,9 +778,7 @@ def train(cfg: TrainConfig, roots: dict[str, Path], out: Path, *, steps: int | N
             "parameter_sha256_per_rank": digests, "classes": len(data.classes), "clips": len(data.clips),
             "harness_version": harness.__version__, "torch": torch.__version__,
         }
-        tmp = out / f".train.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, out / "train.json")
+        atomic_write_text(out / "train.json", json.dumps(summary, indent=2) + "\n")
     if distributed:
         import torch.distributed as tdist
 
@@ -812,24 +812,20 @@ def _save(cfg: TrainConfig, out: Path, step: int, model: nn.Module, opt: torch.o
     save_file(tensors or {"optimizer.empty": torch.zeros(0)}, str(tmp), metadata=meta)
     os.replace(tmp, state_file)
     _atomic_copy(model_file, out / "model.safetensors")
-    cfg_file = out / "config.toml"
-    if not cfg_file.exists():
-        tmp = out / f".config.toml.{os.getpid()}.tmp"
-        tmp.write_text(cfg.to_toml())
-        os.replace(tmp, cfg_file)
+    if not (out / "config.toml").exists():
+        atomic_write_text(out / "config.toml", cfg.to_toml())
 
 
 METRICS_FIELDS = ("step", "lr", "loss", "val_sdri", "seconds")
 
 
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r[k]) for k in METRICS_FIELDS})
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRICS_FIELDS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r[k]) for k in METRICS_FIELDS})
+    atomic_write_text(path, buf.getvalue())
 
 
 def _read_metrics(path: Path, up_to_step: int) -> list[dict[str, Any]]:
