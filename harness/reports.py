@@ -79,13 +79,17 @@ def aggregate(values: pd.Series, labels: pd.Series, how: str) -> float:
     raise ValueError(f"unknown aggregate {how!r}")
 
 
+def aggregate_kind(dataset: str) -> str:
+    """How Table 2 aggregates a dataset: ``median`` over Voicebank utterances, else ``class-median-mean``."""
+    return "median" if dataset == "voicebank-demand" else "class-median-mean"
+
+
 def dataset_aggregate(items: pd.DataFrame, dataset: str, metric: str, condition: str | None = None) -> float:
     """The Table 2 aggregate of ``metric`` on ``dataset`` (``ok`` rows; optional condition filter)."""
     rows = items[(items["dataset"] == dataset) & (items["status"] == "ok")]
     if condition is not None:
         rows = rows[rows["condition"] == condition]
-    how = "median" if dataset == "voicebank-demand" else "class-median-mean"
-    return aggregate(rows[metric], rows["label"], how)
+    return aggregate(rows[metric], rows["label"], aggregate_kind(dataset))
 
 
 def bootstrap_mean(values: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
@@ -322,7 +326,7 @@ def compare_runs(base: str | Path, cand: str | Path, tolerance_db: float = 0.1, 
     both_ok = merged[(merged["status_base"] == "ok") & (merged["status_cand"] == "ok")]
     rows = []
     for (system, dataset, cond), sub in both_ok.groupby(["system", "dataset", "condition"], sort=False):
-        how = "median" if dataset == "voicebank-demand" else "class-median-mean"
+        how = aggregate_kind(dataset)
         for metric in HEADLINE.get(dataset, ("sdri",)):
             va = aggregate(sub[f"{metric}_base"], sub["label_base"], how)
             vb = aggregate(sub[f"{metric}_cand"], sub["label_base"], how)
@@ -358,7 +362,7 @@ def write_baseline(run: str | Path, baseline_dir: str | Path) -> Path:
     ok = items[items["status"] == "ok"]
     lines = ["system,dataset,condition,metric,aggregate,items,value"]
     for (system, dataset, cond), sub in ok.groupby(["system", "dataset", "condition"], sort=True):
-        how = "median" if dataset == "voicebank-demand" else "class-median-mean"
+        how = aggregate_kind(dataset)
         for metric in HEADLINE.get(dataset, ("sdri",)):
             lines.append(f"{system},{dataset},{cond},{metric},{how},{len(sub)},"
                          f"{aggregate(sub[metric], sub['label'], how):.4f}")
