@@ -469,14 +469,14 @@ def _sed_anchor_fn(checkpoint: str | None) -> Callable:
 
     The clip is zero-padded (or cut) to 10 s like the PANNs waveform packs and Cnn14_DecisionLevelMax
     gives its framewise probabilities; the segment centre is the first argmax of the 201-frame box-filtered
-    score (:func:`harness.anchors.anchor_scores`). For a whole 10-s clip this is exactly the upstream rule
+    score (:func:`harness.anchors.best_anchor_centre`, on exact sums). For a whole 10-s clip this is exactly the upstream rule
     (:func:`harness.anchors.find_anchor`, clamp to [100, 900]). Ours for a shorter clip: the argmax is
     taken over the centres whose 2-s segment lies inside the real audio, so that an anchor never falls in
     the zero padding (the upstream, whose packs pad short clips, can pick a silent segment there).
     """
     import torch
 
-    from harness.anchors import anchor_scores
+    from harness.anchors import best_anchor_centre
 
     if checkpoint is None:
         raise ConfigError("--anchor sed needs --sed-checkpoint PTH (a Cnn14_DecisionLevelMax checkpoint)")
@@ -486,10 +486,9 @@ def _sed_anchor_fn(checkpoint: str | None) -> Callable:
         clip = fix_length(x, CLIP_SAMPLES, mode="pad")
         with torch.inference_mode():
             framewise = model(torch.from_numpy(clip)[None])["framewise_output"][0].numpy()
-        scores = anchor_scores(framewise, class_id)
         half = 100  # segment frames // 2
-        last = min(len(scores) - 1 - half, len(x) // 320 - half)  # (c + 100) * 320 <= len(x)
-        centre = half + int(np.argmax(scores[half: last + 1]))
+        last = min(len(framewise) - 1 - half, len(x) // 320 - half)  # (c + 100) * 320 <= len(x)
+        centre = best_anchor_centre(framewise, class_id, half, last)
         begin = (centre - half) * 320
         return clip[begin: begin + 64000].copy(), int(begin)
 
