@@ -1,7 +1,10 @@
 """``uss-bench``: the command line (Typer). Thin: parses options and calls the stage functions.
 
-Exit codes: 0 ok, 1 regression found (``compare``) or a failed ``--verify``, 2 bad input or usage.
-Long stages show a progress bar (rich), quiet under ``CI=true`` or ``--quiet``.
+Exit codes (:mod:`harness.errors`): 0 ok; 1 only for a regression found (``compare``, ``demo``) or a failed
+``--verify``; 2 bad input or usage (unknown command or option, bad value, a bad file: one short message,
+"did you mean …" where a name is close); 3 an internal error (one line, the traceback in a log file);
+130 interrupted. No traceback reaches the terminal. Long stages show a progress bar (rich), quiet under
+``CI=true`` or ``--quiet``.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -19,9 +24,21 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness.errors import UssBenchError
+from harness.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_REGRESSION,
+    EXIT_USAGE,
+    ConfigError,
+    UssBenchError,
+    check_choice,
+    did_you_mean,
+)
 
+# rich_markup_mode=None: help texts are plain text, so "[roots]" or "[the TOML's, 100]" print as written
+# (rich markup would take them for style tags and drop them).
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="uss-bench: evaluate universal source separation on six corpora (Kong, Chen et al. 2023).")
 _WIDTH = None if sys.stdout.isatty() else 160  # logs (CI) get whole table rows, not 80-column cuts
 console = Console(soft_wrap=True, width=_WIDTH)
@@ -29,6 +46,42 @@ err = Console(stderr=True, soft_wrap=True, width=_WIDTH)
 
 WorkdirOpt = Annotated[Path | None, typer.Option("--workdir", help="work folder [env USS_BENCH_WORKDIR, ./uss-bench-work]")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("uss-bench")
+        except PackageNotFoundError:  # a source tree run with python -m harness, not installed
+            from harness import __version__ as text
+        console.print(f"uss-bench {text}", markup=False, highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """uss-bench: evaluate universal source separation on six corpora (Kong, Chen et al. 2023)."""
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _check_device(value: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N (checked here, before any work; CUDA availability later)."""
+    name = value.strip().lower()
+    if name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit()):
+        return name
+    raise typer.BadParameter(f"{value!r} is not a device{did_you_mean(name, DEVICES)} (choose auto, cpu, cuda "
+                             "or cuda:N)")
+
+
+def _device_opt(help_text: str = "auto | cpu | cuda | cuda:N"):
+    return typer.Option(callback=_check_device, help=help_text)
 
 
 def _workdir(workdir: Path | None) -> Path:
@@ -101,7 +154,7 @@ def build_mixtures_cmd(
     per_class: Annotated[int | None, typer.Option(help="items per class [the TOML's, 100]")] = None,
     anchor: Annotated[str | None, typer.Option(help="AudioSet anchor: sed | energy | random")] = None,
     sed_checkpoint: Annotated[Path | None, typer.Option(help="Cnn14_DecisionLevelMax checkpoint for --anchor sed")] = None,
-    jobs: Annotated[int, typer.Option(help="parallel render workers (results do not depend on it)")] = 1,
+    jobs: Annotated[int, typer.Option(min=1, help="parallel render workers (results do not depend on it)")] = 1,
     executor: ExecutorOpt = "loky",
     scheduler: SchedulerOpt = None,
     verify: Annotated[bool, typer.Option(help="rebuild in a temporary folder and compare with the existing set")] = False,
@@ -125,7 +178,7 @@ def build_mixtures_cmd(
             err.print(f"[red]verify failed[/red] for {dataset}/{split}: {len(problems)} difference(s)")
             for p in problems[:50]:
                 err.print(f"  {p}")
-            raise typer.Exit(1)
+            raise typer.Exit(EXIT_REGRESSION)
         console.print(f"verify ok: {dataset}/{split} rebuilt bit-identically")
         return
     with _progress(quiet) as update, use_executor(executor, jobs, scheduler):
@@ -153,20 +206,22 @@ def eval_cmd(
     workdir: WorkdirOpt = None,
     out: Annotated[Path | None, typer.Option(help="run folder [reports/<system>]")] = None,
     split: str = "test",
-    condition: Annotated[str, typer.Option(help="query condition: average | oracle")] = "average",
-    batch_size: Annotated[int, typer.Option(help="items per separation batch (2-s items): the unit of work, "
-                                                 "of torchrun sharding and of resume")] = 16,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)")] = "auto",
-    jobs: Annotated[int, typer.Option(
-        help="metric worker processes (loky) or LocalCluster workers (dask); results do not depend on it")] = 1,
+    condition: Annotated[str | None, typer.Option(
+        help="query condition of a --checkpoint system: average (Table 2: AudioSet also oracle) | oracle "
+             "[average]")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="items per separation batch (2-s items): the unit of "
+                                                        "work, of torchrun sharding and of resume")] = 16,
+    device: Annotated[str, _device_opt("auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)")] = "auto",
+    jobs: Annotated[int, typer.Option(min=1, help="metric worker processes (loky) or LocalCluster workers "
+                                                  "(dask); results do not depend on it")] = 1,
     executor: ExecutorOpt = "loky",
     scheduler: SchedulerOpt = None,
-    limit: Annotated[int | None, typer.Option(help="first N items of each set")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="first N items of each set [all]")] = None,
     resume: Annotated[bool, typer.Option(
         help="keep the item rows already written to <out>/parts and evaluate only the missing ones "
              "(without it, the datasets' parts are removed first)")] = False,
     part_items: Annotated[int, typer.Option(
-        help="rows per part file in <out>/parts; a part is written every N rows or every minute, whichever "
+        min=1, help="rows per part file in <out>/parts; a part is written every N rows or every minute, whichever "
              "comes first, so a killed run loses little")] = 256,
     quiet: QuietOpt = False,
 ) -> None:
@@ -180,9 +235,13 @@ def eval_cmd(
     from harness.reports import render_report
 
     if (baseline is None) == (checkpoint is None):
-        raise UssBenchError("pass exactly one of --baseline mixture|oracle-irm and --checkpoint CKPT")
-    if baseline is not None and baseline not in BASELINES:
-        raise UssBenchError(f"--baseline {baseline!r}: choose one of {', '.join(BASELINES)}")
+        raise ConfigError("pass exactly one of --baseline mixture|oracle-irm and --checkpoint CKPT")
+    if baseline is not None:
+        check_choice("--baseline", baseline, BASELINES)
+        if condition is not None:
+            raise ConfigError(f"--condition {condition} applies to a --checkpoint system; the {baseline} baseline "
+                              "takes no query: drop --condition")
+    condition = check_choice("--condition", condition or "average", ("average", "oracle"))
     wd = _workdir(workdir)
     names, absent = resolve_datasets(datasets or [], all_, wd, split)
     with distributed(device) as ranks:
@@ -198,7 +257,7 @@ def eval_cmd(
         run_dir = out or Path("reports") / system.name.replace(":", "-")
         opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, batch_size=batch_size, jobs=jobs,
                            limit=limit, resume=resume, executor=executor, scheduler=scheduler,
-                           part_items=part_items, extra={"condition": condition, "device": ranks.device(device)})
+                           part_items=part_items, extra={"device": ranks.device(device)} | ({} if baseline else {"condition": condition}))
         opts.check()
         with _progress(quiet or not ranks.is_main) as update:
             run = run_eval(system, opts, progress=lambda d, done, total: update(f"{d} eval", done, total),
@@ -220,8 +279,8 @@ def embed_queries_cmd(
     root: Annotated[Path | None, typer.Option(help="corpus root [env USS_BENCH_<NAME>_ROOT, uss-bench.toml]")] = None,
     split: Annotated[str | None, typer.Option(help="query split [the TOML's query_split, train]")] = None,
     workdir: WorkdirOpt = None,
-    batch_size: int = 8,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="clips per query-net batch")] = 8,
+    device: Annotated[str, _device_opt()] = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Average query embedding of every class over the training split (paper eq. 9)."""
@@ -264,8 +323,8 @@ def separate(
     levels: Annotated[list[int] | None, typer.Option("--levels", help="AudioSet ontology levels [1 2 3]")] = None,
     class_ids: Annotated[list[int] | None, typer.Option("--class-ids", help="AudioSet class ids")] = None,
     query_audio: Annotated[list[Path] | None, typer.Option("--query-audio", help="example clips of the target")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    batch_size: int = 8,
+    device: Annotated[str, _device_opt()] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="2-s chunks per separator batch")] = 8,
 ) -> None:
     """Separate a recording: by ontology level (Alg. 3), by class ids (Alg. 4), or by example clips (§3.4.3)."""
     import harness
@@ -323,7 +382,7 @@ def compare(
         console.print(f"baseline {base} updated from {candidate}: review and commit {base}/aggregates.csv and summary.md")
         return
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_REGRESSION)
 
 
 def print_comparison(base: Path, candidate: Path, tolerance_db: float, two_sided: bool) -> bool:
@@ -357,7 +416,7 @@ def train(
     root: Annotated[list[str] | None, typer.Option(
         "--root", help="corpus root: DIR (one source) or DATASET=DIR (repeatable) [the config's, env, uss-bench.toml]")] = None,
     steps: Annotated[int | None, typer.Option(help="total steps to reach [the config's]")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda (cuda:LOCAL_RANK under torchrun)")] = "auto",
+    device: Annotated[str, _device_opt("auto | cpu | cuda | cuda:N (cuda:LOCAL_RANK under torchrun)")] = "auto",
     out: Annotated[Path | None, typer.Option(help="run folder [runs/<config name>]")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue the run in this folder from its newest checkpoint")] = None,
     query_checkpoint: Annotated[Path | None, typer.Option(help="Cnn14 checkpoint for [query] net = cnn14")] = None,
@@ -396,7 +455,7 @@ def train(
 def demo(
     out: Annotated[Path | None, typer.Option(help="report folder [reports/demo]")] = None,
     workdir: Annotated[Path | None, typer.Option(help="work folder [a fresh temporary one]")] = None,
-    jobs: Annotated[int, typer.Option(help="render / metric workers (results do not depend on it)")] = 1,
+    jobs: Annotated[int, typer.Option(min=1, help="render / metric workers (results do not depend on it)")] = 1,
     update_baseline: Annotated[bool, typer.Option(
         help="make this run the committed demo table (reports/baselines/demo); review and commit the diff")] = False,
     quiet: QuietOpt = False,
@@ -414,29 +473,65 @@ def demo(
     if print_comparison(DEMO_BASELINE, out, DEMO_TOLERANCE_DB, two_sided=True):
         err.print("the demo's numbers changed. If the change is intended, refresh the table with "
                   "`uss-bench demo --update-baseline` and commit reports/baselines/demo with the change.")
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_REGRESSION)
 
 
-def main() -> None:
-    """Console-script entry point: UssBenchError → a clear message and exit code 2."""
+def _usage_message(exc: typer.TyperException) -> str:
+    """A usage error in at most three lines: the problem ("did you mean …" where close), and where help is."""
+    message = exc.format_message()
+    option = getattr(exc, "option_name", None)
+    possibilities = getattr(exc, "possibilities", None)
+    if option and possibilities:  # click lists "(Possible options: …)"; say the closest one plainly
+        message = f"no such option {option}{did_you_mean(option, possibilities) or ''}"
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "uss-bench"
+    return f"error: {message}\nTry '{command} --help' for help."
+
+
+def _internal_error(exc: BaseException) -> str:
+    """Write the traceback to a log file; return the one line the terminal gets."""
+    log_dir = Path(os.environ.get("USS_BENCH_LOG_DIR") or tempfile.gettempdir())
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="uss-bench-error-", suffix=".log", dir=log_dir)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"uss-bench {' '.join(sys.argv[1:])}\n\n")
+            fh.write("".join(traceback.format_exception(exc)))
+        where = f"traceback in {name}"
+    except OSError as log_exc:
+        where = f"the traceback could not be written ({log_exc})"
+    summary = str(exc).splitlines()[0] if str(exc) else ""
+    return (f"internal error: {type(exc).__name__}: {summary} ({where}; please report it, with that file)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run a command and exit with a code CI can trust.
+
+    0 ok; 1 a regression or failed ``--verify`` (raised by the commands as ``typer.Exit(EXIT_REGRESSION)``); 2 a
+    :class:`~harness.errors.UssBenchError` or a usage error (typer's own vendored click exceptions, so no
+    ``click`` install is needed); 130 interrupted; 3 anything else, with the traceback in a log file
+    (``$USS_BENCH_LOG_DIR`` or the temporary folder). Never a traceback on the terminal.
+
+    Args:
+        argv: the arguments (without the program name); ``None`` reads ``sys.argv``.
+    """
     logging.basicConfig(level=os.environ.get("USS_BENCH_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     try:
-        rc = app(standalone_mode=False)
+        rc = app(args=argv, prog_name="uss-bench", standalone_mode=False)
     except UssBenchError as exc:
         err.print(f"error: {exc}", style="red", highlight=False, markup=False)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (typer.BadParameter, typer.Abort) as exc:
-        err.print(f"error: {exc}")
-        sys.exit(2)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("interrupted", highlight=False, markup=False)
+        sys.exit(EXIT_INTERRUPTED)
+    except typer.TyperException as exc:  # usage errors: the base of typer's vendored click exceptions
+        err.print(_usage_message(exc), highlight=False, markup=False)
+        sys.exit(EXIT_USAGE)
+    except Exception as exc:
+        err.print(_internal_error(exc), style="red", highlight=False, markup=False)
+        sys.exit(EXIT_INTERNAL)
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, check_choice
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 """The checkout (or source tree) holding ``datasets/``, ``models/`` and ``reports/``."""
@@ -31,8 +31,7 @@ def load_dataset_config(name: str) -> dict[str, Any]:
     Raises:
         ConfigError: unknown dataset name, missing or malformed TOML.
     """
-    if name not in DATASET_NAMES:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    check_choice("dataset", name, DATASET_NAMES)
     path = DATASETS_DIR / f"{name}.toml"
     cfg = read_toml(path, f"dataset declaration {path} is missing; is the checkout complete?")
     if cfg.get("name") != name:

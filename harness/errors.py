@@ -1,6 +1,41 @@
-"""Errors raised on bad input. The CLI turns every :class:`UssBenchError` into exit code 2."""
+"""Errors raised on bad input, and the exit codes of ``uss-bench``.
+
+The CLI turns every :class:`UssBenchError` into :data:`EXIT_USAGE` with a one-line message (no traceback).
+"""
 
 from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+EXIT_OK = 0
+EXIT_REGRESSION = 1
+"""``compare`` found a regression, the demo's numbers changed, or ``build-mixtures --verify`` failed."""
+EXIT_USAGE = 2
+"""Bad input or usage: unknown command or option, bad value, a file that is missing, malformed or corrupt."""
+EXIT_INTERNAL = 3
+"""An unexpected internal error (a bug): one line on the terminal, the traceback in a log file."""
+EXIT_INTERRUPTED = 130
+"""Interrupted (Ctrl-C / SIGINT), as a shell reports it (128 + 2)."""
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` (difflib ratio ≥ 0.6), else ``""``."""
+    close = difflib.get_close_matches(value, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_choice(what: str, value: str, choices: Iterable[str]) -> str:
+    """Return ``value`` when it is one of ``choices``.
+
+    Raises:
+        ConfigError: naming ``what``, the closest choice ("did you mean …") and the list.
+    """
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(f"{what} {value!r} is unknown{did_you_mean(value, choices)} "
+                          f"(choose from {', '.join(choices)})")
+    return value
 
 
 class UssBenchError(Exception):

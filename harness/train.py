@@ -59,7 +59,7 @@ from harness.audio import AudioRef, fix_length
 from harness.config import REPO_ROOT, read_toml
 from harness.datasets import get_corpus
 from harness.datasets.base import resolve_root
-from harness.datasets.store import atomic_write_text
+from harness.datasets.store import atomic_write_text, share_like_new_file
 from harness.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -810,6 +810,7 @@ def _save(cfg: TrainConfig, out: Path, step: int, model: nn.Module, opt: torch.o
     state_file = ckpt_dir / f"step_{step:08d}.state.safetensors"
     tmp = state_file.with_name(f".{state_file.name}.{os.getpid()}.tmp")
     save_file(tensors or {"optimizer.empty": torch.zeros(0)}, str(tmp), metadata=meta)
+    share_like_new_file(tmp)  # safetensors writes 0600
     os.replace(tmp, state_file)
     _atomic_copy(model_file, out / "model.safetensors")
     if not (out / "config.toml").exists():

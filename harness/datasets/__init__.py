@@ -14,7 +14,7 @@ from harness.datasets.fsdkaggle2018 import FSDKaggle2018
 from harness.datasets.musdb18 import MUSDB18
 from harness.datasets.slakh2100 import Slakh2100
 from harness.datasets.voicebank_demand import VoicebankDemand
-from harness.errors import ConfigError
+from harness.errors import check_choice
 
 CORPORA: dict[str, type[Corpus]] = {
     cls.name: cls for cls in (AudioSet, FSDKaggle2018, FSD50K, MUSDB18, Slakh2100, VoicebankDemand)
@@ -28,11 +28,7 @@ def get_corpus(name: str, root: str | Path) -> Corpus:
     Raises:
         ConfigError: ``name`` is not in :data:`CORPORA` (the message lists the valid names).
     """
-    try:
-        cls = CORPORA[name]
-    except KeyError:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(CORPORA)}") from None
-    return cls(root)
+    return CORPORA[check_choice("dataset", name, CORPORA)](root)
 
 
 __all__ = [

@@ -22,7 +22,7 @@ from typing import ClassVar
 import numpy as np
 
 from harness.audio import AudioRef, audio_info, resolve_audio_path
-from harness.errors import AudioError, ConfigError, LayoutError, MetadataError
+from harness.errors import AudioError, ConfigError, LayoutError, MetadataError, check_choice
 
 
 @dataclass(frozen=True)
@@ -160,9 +160,13 @@ def resolve_root(dataset: str, root: str | Path | None = None, config: str | Pat
     """Find a corpus root: ``root``, else ``USS_BENCH_<NAME>_ROOT``, else ``[roots]`` in ``config``.
 
     Raises:
-        ConfigError: no root configured anywhere, or ``uss-bench.toml`` is malformed.
+        ConfigError: unknown dataset name ("did you mean …"), no root configured anywhere, or
+            ``uss-bench.toml`` is malformed.
         LayoutError: the configured root does not exist (names where it came from).
     """
+    from harness.config import DATASET_NAMES
+
+    check_choice("dataset", dataset, DATASET_NAMES)
     source = "--root"
     if root is None:
         var = f"USS_BENCH_{env_name(dataset)}_ROOT"

@@ -85,6 +85,22 @@ def items_digest(manifest: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it; meanwhile 077, so a race only hides a file)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def share_like_new_file(path: Path) -> None:
+    """Give ``path`` the mode a plain ``open()`` would have (0644 / 0755 under umask 022).
+
+    ``tempfile.mkdtemp`` makes 0700 folders and safetensors writes 0600 files; a built set or a checkpoint
+    must stay readable by the group in a shared work folder.
+    """
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``final``; on success it replaces ``final`` by a rename.
@@ -98,6 +114,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    share_like_new_file(tmp)
     old = None
     if final.exists():
         old = final.parent / f".{final.name}.old-{os.getpid()}"

@@ -684,6 +684,9 @@ def save_checkpoint(dst: str | Path, models: Mapping[str, nn.Module], *, source:
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        from harness.datasets.store import share_like_new_file
+
+        share_like_new_file(tmp)  # safetensors writes 0600
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
