@@ -1,4 +1,4 @@
-"""Sessions: ``tests`` (default), ``lint``, ``demo``, ``bench``. Each installs the pinned set of constraints.txt.
+"""Sessions: ``tests`` (default), ``numerics``, ``lint``, ``demo``, ``bench``. Each installs the pinned constraints.txt.
 
 ``bench`` is never a default session and CI does not run it: timings need a quiet machine.
 """
@@ -38,6 +38,31 @@ def tests(session: nox.Session) -> None:
     _ensure_ffmpeg(session)
     _install(session)
     session.run("pytest", *session.posargs, env={"OMP_NUM_THREADS": "2"})
+
+
+FORCED_KERNELS = {
+    # name: environment. Each stands in for another CPU's kernels: ATen's vectorised kernels dispatch on
+    # the CPU (AVX-512 / AVX2 / scalar "default"), oneDNN's convolutions on its ISA cap. One thread in one
+    # setting, two in the other, so a dependence on the thread count shows up too.
+    "aten-avx2+onednn-avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "2"},
+    "aten-default+onednn-avx2": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                                 "OMP_NUM_THREADS": "1"},
+}
+"""Kernel settings under which ``numerics`` reruns the float-sensitive tests (marker ``numerics``)."""
+
+
+@nox.session
+def numerics(session: nox.Session) -> None:
+    """The tests marked ``numerics`` once per setting of :data:`FORCED_KERNELS` (CI runs it after ``tests``).
+
+    A tolerance that only holds for this machine's kernels fails here on any machine, not first on the
+    next CPU CI happens to get.
+    """
+    _ensure_ffmpeg(session)
+    _install(session)
+    for name, env in FORCED_KERNELS.items():
+        session.log(f"numerics under {name}: {env}")
+        session.run("pytest", "-m", "numerics", "-q", *session.posargs, env=env)
 
 
 @nox.session

@@ -33,8 +33,7 @@ def check_choice(what: str, value: str, choices: Iterable[str]) -> str:
     """
     choices = list(choices)
     if value not in choices:
-        raise ConfigError(f"{what} {value!r} is unknown{did_you_mean(value, choices)} "
-                          f"(choose from {', '.join(choices)})")
+        raise ConfigError(f"unknown {what} {value!r}{did_you_mean(value, choices)} (choose from {', '.join(choices)})")
     return value
 
 

@@ -28,6 +28,8 @@ from harness.evaluate import EvalOptions, run_eval
 from harness.mixtures import BuildOptions, build_mixtures
 from harness.reports import compare_runs
 
+pytestmark = pytest.mark.numerics  # float results: rerun under forced-down CPU kernels (noxfile numerics)
+
 DATASET = "fsdkaggle2018"
 
 
@@ -53,7 +55,10 @@ def test_demo_checkpoint_is_small_checksummed_and_reproduces_the_table(fsdk_work
     assert len(cmp.table) == 2  # FSDK2018 SDR and SDRi of the [oracle] system
     assert cmp.table["system"].unique().tolist() == [f"checkpoint:{DEMO_CHECKPOINT.name}[oracle]"]
     assert cmp.regressions.empty and cmp.newly_failing == 0, cmp.table
-    assert cmp.table["delta"].abs().max() <= 1e-3  # same weights, same items: equal up to float rounding
+    # Same weights and items; the baseline may come from another CPU. The demo model's outputs differ across
+    # kernels by ~1e-5 of peak at most (tests/models/conftest.TOLERANCE); at the demo's SDRs (< 20 dB) that
+    # is ≤ 1e-3 dB per item and so per median or mean. The CI gate itself allows 0.05 dB.
+    assert cmp.table["delta"].abs().max() <= 1e-3
 
 
 def test_slightly_perturbed_weights_fail_the_compare(fsdk_workdir, tmp_path):

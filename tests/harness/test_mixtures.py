@@ -17,6 +17,8 @@ from harness.datasets import get_corpus
 from harness.datasets.store import open_set
 from harness.mixtures import BuildOptions, build_mixtures, energy_gain, verify_build
 
+pytestmark = pytest.mark.numerics  # float results: rerun under forced-down CPU kernels (noxfile numerics)
+
 
 def test_energy_gain_hand_computed():
     t = np.full(100, 0.5, np.float32)  # energy 25

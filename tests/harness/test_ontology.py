@@ -29,6 +29,8 @@ from harness.ontology import (
     write_tracks,
 )
 
+pytestmark = pytest.mark.numerics  # float results: rerun under forced-down CPU kernels (noxfile numerics)
+
 S = 64000
 SCALE = np.linspace(0.0, 1.0, 527, dtype=np.float32)
 """Fake tagger: clipwise[b, k] = mean(x[b]²) · SCALE[k]."""

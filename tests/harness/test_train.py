@@ -30,6 +30,8 @@ from harness.train import (
     warm_up_scale,
 )
 
+pytestmark = pytest.mark.numerics  # float results: rerun under forced-down CPU kernels (noxfile numerics)
+
 TINY = """
 name = "tiny"
 [model]

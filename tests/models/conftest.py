@@ -28,7 +28,13 @@ FORMULA_CHECKPOINTS = {
 """Fixture name stem → (manifest, file name)."""
 
 TOLERANCE = 1e-4
-"""Per array: max|y − ref| / max|ref| and ‖y − ref‖ / ‖ref‖ (reference/README.md)."""
+"""Per array: max|y − ref| / max|ref| and ‖y − ref‖ / ‖ref‖ (reference/README.md).
+
+Why 1e-4 holds on any CPU: the upstream's outputs came from an AVX-512 machine, ours from whatever CI has.
+Each float32 layer rounds its sums (up to 9·384 products in a 3×3 convolution) in an order the kernel picks,
+≈ √n·2⁻²⁴ of its output; through ResUNet30's ≈ 60 layers (or Cnn14's 13) that reassociation stays near 1e-5
+of peak (measured ≤ 1.2e-5, also with ATen and oneDNN forced to AVX2 or scalar kernels), while every real
+mistake tried moves an output by ≥ 2e-3 of peak. 1e-4 sits a decade above the one and below the other."""
 
 _MEASURED: list[tuple[str, float, float]] = []
 

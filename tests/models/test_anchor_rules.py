@@ -10,6 +10,8 @@ import torch
 
 from harness.anchors import anchor_scores, best_anchor_centre, energy_anchor, find_anchor, random_anchor
 
+pytestmark = pytest.mark.numerics  # float results: rerun under forced-down CPU kernels (noxfile numerics)
+
 
 def framewise_with_peak(centre: int, frames: int = 1001, class_id: int = 7) -> np.ndarray:
     """Probabilities 0.1 everywhere but a tent peaking at ``centre`` for ``class_id``."""

@@ -10,6 +10,8 @@ from torch import nn
 from harness.errors import ConfigError
 from harness.models import embed, resolve_device, separate, separate_batch
 
+pytestmark = pytest.mark.numerics  # float results: rerun under forced-down CPU kernels (noxfile numerics)
+
 
 class RecordingSeparator(nn.Module):
     """Returns ``2·mixture + condition[:, 0]`` and records every call's inputs."""
