@@ -169,6 +169,8 @@ def test_detect_and_separate_inactive_zero_active_masked(batch_size):
     outside = np.ones(527, bool)
     outside[[10, 400]] = False
     assert np.all(conditions[:, outside] == 0)
+    # toy modules: a few float32 operations per value (≤ 2⁻²⁴ ≈ 6e-8 each), so rtol 1e-6 here and below
+    # bounds any order of evaluation with 10× room, and still fails on any wrong factor or chunk
     np.testing.assert_allclose(conditions[:, [10, 400]], tags[[0, 2]][:, [10, 400]], rtol=1e-6)
     # active chunks: mixture · sum(condition)
     for chunk, cond in zip([0, 2], conditions, strict=True):
@@ -272,6 +274,7 @@ def test_query_audio_averages_per_file_then_across_files(tmp_path, condition_siz
     expected = 0.25 if condition_size == 2048 else ((0.04 + 0.36) / 2 + 0.01) / 2
     cond = sep.conditions[0]
     assert cond.shape == (1, condition_size)
+    # means of ≤ 64,000 float32 energies (pairwise sums: ≤ 31·2⁻²⁴ ≈ 1.9e-6 relative): rtol 1e-5
     np.testing.assert_allclose(cond, expected, rtol=1e-5)
     assert y.shape == x.shape
     np.testing.assert_allclose(y, separate(SumSeparator(condition_size), x, np.full(condition_size, expected)),

@@ -105,6 +105,8 @@ def test_mixing_matches_energy_and_skips_overlapping_tags():
     np.testing.assert_array_equal(tgt, seg)  # no mixture reaches a peak above 1 here
     # Item 0 shares "Dog" with item 1, so its interferer is item 2, scaled to item 0's energy.
     interferer = mix[0] - seg[0]
+    # float32 mixing: the interferer is g·seg (one rounding) recovered as mix − seg (one more, relative to
+    # |mix| ≤ 5|seg|): ≤ ~6·2⁻²⁴ ≈ 4e-7 per sample, ~1e-6 on an energy; rtol 1e-5 leaves 10×
     np.testing.assert_allclose(np.sum(interferer.astype(np.float64) ** 2), np.sum(seg[0].astype(np.float64) ** 2),
                                rtol=1e-5)
     gain = np.sqrt(np.sum(seg[0].astype(np.float64) ** 2) / np.sum(seg[2].astype(np.float64) ** 2))

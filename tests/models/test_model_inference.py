@@ -50,7 +50,7 @@ def test_separate_cuts_pads_batches_and_truncates(length):
     output = separate(separator, waveform, condition, batch_size=2)
 
     assert output.dtype == np.float32 and output.shape == (length,)
-    np.testing.assert_allclose(output, 2 * waveform + 0.25, rtol=1e-6)
+    np.testing.assert_allclose(output, 2 * waveform + 0.25, rtol=1e-6)  # 2 float32 ops: ≤ 2·2⁻²⁴ relative
     num_chunks = -(-length // 64000)
     assert [c[0].shape for c in separator.calls] == [
         (min(2, num_chunks - i), 1, 64000) for i in range(0, num_chunks, 2)
@@ -79,7 +79,7 @@ def test_embed_tiles_chunks_and_averages():
     condition = embed(net, waveform, "at_soft", batch_size=1)
     assert len(net.chunks) == 2 and all(len(c) == 64000 for c in net.chunks)
     np.testing.assert_array_equal(net.chunks[1], np.full(64000, 0.3, np.float32))  # tiled, not zero-padded
-    np.testing.assert_allclose(condition, [0.2] * 3, rtol=1e-6)
+    np.testing.assert_allclose(condition, [0.2] * 3, rtol=1e-6)  # mean of 2 float32 values: one rounding
     assert embed(net, waveform, "emb").shape == (5,)
     with pytest.raises(ValueError, match="condition_type"):
         embed(net, waveform, "embedding")
