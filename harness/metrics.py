@@ -533,11 +533,15 @@ def musdb_sdr(ref, est, sample_rate: int) -> float:
 
     Returns:
         dB; NaN when every frame is skipped (museval raises ``ValueError`` on an all-zero reference or
-        estimate instead).
+        estimate instead), and NaN when ``ref`` or ``est`` has a NaN/inf sample anywhere (such a frame
+        would otherwise be skipped like a silent one and the median taken over the rest; flag the item
+        with :func:`check_signals`).
 
     Raises:
         ValueError: see :func:`musdb_sdr_frames`.
     """
+    if not (np.isfinite(ref).all() and np.isfinite(est).all()):
+        return float("nan")
     frames = musdb_sdr_frames(ref, est, sample_rate)
     kept = frames[~np.isnan(frames)]
     if kept.size == 0:
@@ -737,7 +741,12 @@ def _windowed_energies(x: np.ndarray, weights: np.ndarray, n_frames: int, sq: np
 
 
 def _ssnr_row(r: np.ndarray, e: np.ndarray, weights: np.ndarray, n_frames: int) -> float:
-    """SSNR (dB) of one float64 ``(L,)`` pair; the work of :func:`ssnr` and :func:`ssnr_batch`."""
+    """SSNR (dB) of one float64 ``(L,)`` pair; the work of :func:`ssnr` and :func:`ssnr_batch`.
+
+    NaN when either signal has a NaN/inf sample (the [−10, 35] dB clip would turn it into a number).
+    """
+    if not (np.isfinite(r).all() and np.isfinite(e).all()):
+        return float("nan")
     hop = weights.shape[0]
     sq = np.empty(_SSNR_BLOCKS * hop, dtype=np.float64)
     signal = _windowed_energies(r, weights, n_frames, sq)
@@ -772,7 +781,7 @@ def ssnr(ref, est, sample_rate: int) -> float:
         sample_rate: Hz.
 
     Returns:
-        dB.
+        dB; NaN when ``ref`` or ``est`` has a NaN/inf sample.
 
     Raises:
         ValueError: an input is not 1-D, is empty, the lengths differ, ``sample_rate`` is not a

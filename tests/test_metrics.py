@@ -682,3 +682,18 @@ def test_pesq_many_checks_every_pair_first(monkeypatch):
     with pytest.raises(ValueError, match="sample_rate"):
         M.pesq_many([np.ones(8000)], [np.ones(8000)], 16000.5)
     assert calls == []  # nothing was scored
+
+
+def test_non_finite_samples_never_become_finite_scores():
+    """One NaN or inf sample gives NaN, not a score over the other frames (museval frames, SSNR clip)."""
+    rng = np.random.default_rng(11)
+    sr = 8000
+    ref = rng.standard_normal(6 * sr)
+    est = ref + 0.1 * rng.standard_normal(6 * sr)
+    assert np.isfinite(M.musdb_sdr(ref, est, sr)) and np.isfinite(M.ssnr(ref, est, sr))
+    for bad in (np.nan, np.inf, -np.inf):
+        broken = est.copy()
+        broken[sr + 17] = bad
+        assert np.isnan(M.musdb_sdr(ref, broken, sr)) and np.isnan(M.musdb_sdr(broken, est, sr))
+        assert np.isnan(M.ssnr(ref, broken, sr)) and np.isnan(M.ssnr(broken, est, sr))
+        assert np.isnan(M.ssnr_batch(np.stack([ref, ref]), np.stack([est, broken]), sr)[1])
