@@ -281,7 +281,7 @@ def table2_figure(cells: dict[str, dict[str, tuple[float, int, int]]], columns: 
     Returns:
         a matplotlib Figure, or ``None`` when ``cells`` is empty.
     """
-    if not cells:
+    if not cells or not columns:
         return None
     plt = _pyplot()
     from matplotlib.lines import Line2D

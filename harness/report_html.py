@@ -67,6 +67,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1.2em; font-size: 13px; }
 th, td { border: 1px solid #ccc; padding: 2px 6px; }
 th { background: #eee; cursor: pointer; position: sticky; top: 0; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
+td:first-child { white-space: nowrap; }
 tr.paper td { font-style: italic; background: #f7f7f7; }
 img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 .sw { display: inline-block; width: 0.9em; height: 0.9em; margin-right: 0.3em; border: 1px solid #000; }

@@ -446,7 +446,9 @@ def render_report(run_dir: str | Path) -> Report:
     pngs: dict[str, bytes] = {}
     with F.figure_style():
         paper = paper_rows()
-        fig = F.table2_figure(cells, [(k, h) for k, h, *_ in TABLE2], paper[0][1] if paper else {}, colors,
+        present = set(items["dataset"])
+        fig = F.table2_figure(cells, [(k, h) for k, h, d, *_ in TABLE2 if d in present], paper[0][1] if paper else {},
+                              colors,
                               paper[0][0] if paper else "paper")
         if fig is not None:
             pngs["table2.png"] = F.png_bytes(fig)
