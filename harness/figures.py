@@ -5,7 +5,8 @@ so a system has the same colour in every panel and every figure, and each figure
 (drawn from that mapping, not from the first panel's artists).
 
 Per-dataset figures (``per_class_<dataset>.png``) show the distribution over a class's ``ok`` items as
-horizontal box plots (median line, quartile box, whiskers at 1.5 IQR, outliers as dots), classes sorted
+horizontal box plots (median line, quartile box, whiskers at 1.5 IQR, outliers as dots; classes with few
+items also show every value as a diamond in the system's colour), classes sorted
 by the median of one *sort system* (the first non-baseline system with ``ok`` rows on the dataset, else
 the first system; named in the title), best at the top, as Fig. 2 of Kong et al. 2020. The metric is the
 dataset's own (:data:`FIGURE_METRICS`): SDRi, MUSDB18's framewise SDR per stem, Voicebank-Demand's PESQ
@@ -51,6 +52,9 @@ MAX_NAMED_CLASSES = 60
 
 EXTREME_CLASSES = 30
 """Best and worst classes shown by name in that form."""
+
+FEW_ITEMS = 10
+"""Classes with at most this many values also show each value as a marker."""
 
 PNG_METADATA = {"Software": None}
 """PNG text chunks: none that depend on the matplotlib version or the time (deterministic bytes)."""
@@ -177,6 +181,10 @@ def _box_panel(ax, series: Sequence[Series], classes: Sequence[str], metric: str
             box.set_facecolor(colors[s.system])
             box.set_edgecolor("black")
             box.set_linewidth(0.5)
+        few = [(v, p) for v, p in zip(data, pos, strict=True) if len(v) <= FEW_ITEMS]
+        if few:  # a box of one or two values is a line: show the values themselves, in the system's colour
+            ax.scatter(np.concatenate([v for v, _ in few]), np.concatenate([np.full(len(v), p) for v, p in few]),
+                       s=14, marker="D", color=colors[s.system], edgecolors="black", linewidths=0.4, zorder=3)
     ax.set_yticks(range(len(classes)), [_short(c) for c in classes],
                   fontsize=8 if len(classes) <= 20 else 6)
     ax.set_ylim(len(classes) - 0.5, -0.5)

@@ -269,7 +269,8 @@ def write_html(run_dir: Path, items: pd.DataFrame, sources, systems: list[str], 
 
     title = f"uss-bench report: {', '.join(systems) or 'no items'}"
     body = [f"<h1>{_e(title)}</h1>"]
-    body.append("<p>Runs: " + "; ".join(f"<code>{_e(s.label)}</code> ({_e(s.path)})" for s in sources) + "</p>")
+    if (Path(run_dir) / "sources.json").is_file():  # a report of runs rendered elsewhere: name them
+        body.append("<p>Runs: " + "; ".join(f"<code>{_e(s.label)}</code> ({_e(s.path)})" for s in sources) + "</p>")
     body.append("<h2>Table 2 (paper layout)</h2>")
     rows, row_cls = [], []
     for system in systems:
