@@ -142,9 +142,15 @@ def dataset_series(items: pd.DataFrame, dataset: str, systems: Sequence[str]) ->
     return out
 
 
+def is_baseline(series: Series) -> bool:
+    """A ``baseline:`` system (by its name in the run it came from: ``source_system`` in merged reports)."""
+    col = "source_system" if "source_system" in series.ok.columns else "system"
+    return bool(len(series.ok)) and str(series.ok[col].iloc[0]).startswith("baseline:")
+
+
 def sort_system(series: Sequence[Series]) -> Series:
     """The series classes are sorted by: the first non-baseline system, else the first."""
-    return next((s for s in series if not s.system.startswith("baseline:")), series[0])
+    return next((s for s in series if not is_baseline(s)), series[0])
 
 
 def _class_order(series: Sequence[Series], metric: str) -> list[str]:

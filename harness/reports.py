@@ -261,7 +261,7 @@ def merge_runs(paths: list[str | Path], allow_different_sets: bool = False) -> t
 
     A run holding one system names it by the run (``<label>``); a run holding several names each
     ``<label>/<system>``. A single run keeps its system names. Rows keep every column; ``run`` holds the
-    run's label.
+    run's label and ``source_system`` the system's name in its run.
 
     Args:
         paths: run folders or folders of runs (:func:`expand_runs`).
@@ -288,7 +288,8 @@ def merge_runs(paths: list[str | Path], allow_different_sets: bool = False) -> t
             names = {s: s for s in systems}
         else:
             names = {s: label if len(systems) == 1 else f"{label}/{s}" for s in systems}
-        frames.append(items.assign(system=items["system"].map(names), run=label))
+        frames.append(items.assign(source_system=items.get("source_system", items["system"]),
+                                   system=items["system"].map(names), run=label))
         sources.append(RunSource(run, label, names, digests, sets))
     for i, a in enumerate(sources):
         for b in sources[i + 1:]:

@@ -181,3 +181,12 @@ def test_rendered_report_figures_are_deterministic(tmp_path):
         assert pa.read_bytes() == pb.read_bytes(), pa.name
         assert b"Software" not in pa.read_bytes()
     assert "model-a" in ra.summary.read_text()
+
+
+def test_runs_named_by_folder_still_sort_by_the_first_non_baseline_system():
+    items = _items()
+    renamed = {"baseline:mixture": "run1", "model-a": "run2", "model-b": "run3"}
+    items = items.assign(source_system=items["system"], system=items["system"].map(renamed))
+    order = ["run1", "run2", "run3"]
+    assert F.sort_system(F.dataset_series(items, "audioset", order)).system == "run2"
+    assert F.sort_system(F.dataset_series(items, "fsd50k", order)).system == "run3"  # run2 has no fsd50k rows

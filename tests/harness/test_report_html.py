@@ -80,6 +80,8 @@ def test_report_puts_runs_side_by_side_named_by_their_runs(runs, tmp_path):
     assert res.returncode == 0, res.stderr
     items = pd.read_parquet(tmp_path / "both/items.parquet")
     assert sorted(items["system"].unique()) == ["irm", "mix"]
+    assert set(zip(items["system"], items["source_system"], strict=True)) == {("mix", "baseline:mixture"),
+                                                                           ("irm", "baseline:oracle-irm")}
     assert set(items.loc[items["system"] == "irm", "dataset"]) == {FSDK}
     summary = (tmp_path / "both/summary.md").read_text()
     assert "| **mix** |" in summary and "| **irm** |" in summary
