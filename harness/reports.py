@@ -290,7 +290,12 @@ def merge_runs(paths: list[str | Path], allow_different_sets: bool = False) -> t
             names = {s: label if len(systems) == 1 else f"{label}/{s}" for s in systems}
         frames.append(items.assign(source_system=items.get("source_system", items["system"]),
                                    system=items["system"].map(names), run=label))
-        sources.append(RunSource(run, label, names, digests, sets))
+        if (run / SOURCES_JSON).is_file():  # a report of runs: keep pointing at the runs (their estimates)
+            sources += [RunSource(src.path, f"{label}/{src.label}", {o: names[n] for o, n in src.systems.items()
+                                                                     if n in names}, src.digests, src.sets)
+                        for src in inner]
+        else:
+            sources.append(RunSource(run, label, names, digests, sets))
     for i, a in enumerate(sources):
         for b in sources[i + 1:]:
             for dataset in sorted(set(a.digests) & set(b.digests)):

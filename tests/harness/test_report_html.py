@@ -233,3 +233,11 @@ def test_report_html_renders_in_a_headless_browser(merged, tmp_path):
     res = _browser(report.html, tmp_path, f"--screenshot={shot}")
     assert res.returncode == 0 and shot.stat().st_size > 10_000
     assert re.search(rb"IHDR", shot.read_bytes()[:32])
+
+
+def test_a_report_of_a_report_still_finds_the_runs_estimates(merged, tmp_path):
+    res = _cli("report", merged, "--out", tmp_path / "again")
+    assert res.returncode == 0, res.stderr
+    page = _parse((tmp_path / "again/report.html").read_text())
+    assert [a["data-kind"] for a in page.audio] == (["mixture", "target", "estimate: irm"] * 2
+                                                    + ["mixture", "target", "estimate: mix"] * 2)
