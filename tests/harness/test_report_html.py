@@ -101,6 +101,8 @@ def test_report_refuses_runs_on_different_sets(runs, tmp_path):
     assert not (tmp_path / "bad/items.parquet").exists()
     ok = _cli("report", runs["irm"], runs["irm-seed7"], "--out", tmp_path / "bad", "--allow-different-sets")
     assert ok.returncode == 0, ok.stderr
+    no_out = _cli("report", runs["irm"], runs["mix"])
+    assert no_out.returncode == 2 and "--out" in no_out.stderr
 
 
 class _Page(HTMLParser):
