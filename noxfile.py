@@ -32,10 +32,23 @@ def _ensure_ffmpeg(session: nox.Session) -> None:
         session.warn("ffmpeg/ffprobe not on PATH: install Debian's ffmpeg, or the museval tests cannot run")
 
 
+def _ensure_chromium(session: nox.Session) -> None:
+    """The report.html test opens the page in a headless browser (Debian package chromium)."""
+    if any(shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")):
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", "-qq", external=True, env=env)
+        session.run("apt-get", "install", "-y", "-qq", "chromium", external=True, env=env)
+    else:
+        session.warn("chromium not on PATH: install Debian's chromium, or the report.html browser test is skipped")
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite (slow tests too with ``nox -s tests -- --slow``)."""
     _ensure_ffmpeg(session)
+    _ensure_chromium(session)
     _install(session)
     session.run("pytest", *session.posargs, env={"OMP_NUM_THREADS": "2"})
 

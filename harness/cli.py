@@ -356,13 +356,19 @@ def separate(
 
 
 @app.command()
-def report(run: Annotated[Path, typer.Argument(help="run folder with items.parquet")]) -> None:
-    """Re-render summary.md, per_class.md and the figure from items.parquet."""
-    from harness.reports import render_report
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="run folders (or folders of run folders) with items.parquet")],
+    out: Annotated[Path | None, typer.Option(help="report folder (needed for several runs) [the run itself]")] = None,
+    allow_different_sets: Annotated[bool, typer.Option(
+        help="show runs side by side even when their sets of a dataset have different build digests")] = False,
+) -> None:
+    """Re-render summary.md, per_class.md, the figures and report.html; several runs side by side."""
+    from harness.reports import report_runs
 
-    rep = render_report(run)
-    console.print(rep.summary.read_text().split("## Detail")[0])
-    console.print(f"wrote {rep.summary}, {rep.per_class}" + (f", {rep.figure}" if rep.figure else ""))
+    rep = report_runs(runs, out, allow_different_sets)
+    console.print(rep.summary.read_text().split("## Detail")[0], markup=False, highlight=False)
+    console.print(f"wrote {rep.summary}, {rep.per_class}, {len(rep.figures)} figure(s)", markup=False)
+    console.print(f"HTML report: {rep.html}", markup=False, highlight=False)
 
 
 @app.command()

@@ -119,7 +119,9 @@ def run_demo(out: Path, workdir: Path | None = None, jobs: int = 1, quiet: bool 
             frames.append(pd.read_parquet(run_dir / "items.parquet"))
             console.print(f"evaluated {system.name}", markup=False)
     atomic_write_parquet(pd.concat(frames, ignore_index=True), out / "items.parquet")
-    summary = render_report(out).summary
+    rep = render_report(out)
+    summary = rep.summary
+    console.print(f"HTML report: {rep.html}", markup=False, highlight=False)
     if baseline is None:
         return DemoResult(summary, None)
     if not update_baseline and not (Path(baseline) / "items.parquet").is_file():

@@ -1,4 +1,4 @@
-"""Aggregation, Markdown tables, the per-class figure, and ``compare`` (DESIGN §6–7).
+"""Aggregation, Markdown tables, reports of one or several runs, and ``compare`` (DESIGN §6–7).
 
 Aggregates name their convention:
 
@@ -139,6 +139,176 @@ def markdown_table(header: list[str], rows: list[list[str]], align: str | None =
     return "\n".join(lines)
 
 
+def table2_cells(items: pd.DataFrame) -> dict[str, tuple[float, int, int]]:
+    """The Table 2 cells of one system's items with their coverage.
+
+    Returns:
+        ``{column key: (value, ok rows, rows)}``: the aggregate (NaN when not computed), and how many of
+        the rows of the cell's dataset and condition it was computed on. ``ok < rows`` marks a cell
+        computed on part of the set (items without a query, unscorable items); ``rows == 0``: the dataset
+        was not evaluated.
+    """
+    out = {}
+    for key, _, dataset, metric, prefs, _how in TABLE2:
+        sub = items[items["dataset"] == dataset]
+        cond = next((c for c in prefs if (sub["condition"] == c).any()), None)
+        if cond is None:
+            out[key] = (float("nan"), 0, 0)
+            continue
+        rows = sub[sub["condition"] == cond]
+        ok = rows[(rows["status"] == "ok") & rows[metric].notna()]
+        out[key] = (dataset_aggregate(items, dataset, metric, cond), len(ok), len(rows))
+    return out
+
+
+def format_cell(cell: tuple[float, int, int], digits: int = 2) -> str:
+    """A Table 2 cell as text: ``3.03``, or ``3.03 (20/140)`` when computed on 20 of 140 rows."""
+    value, ok, rows = cell
+    text = _fmt(value, digits)
+    return f"{text} ({ok}/{rows})" if rows and ok < rows else text
+
+
+@dataclass
+class RunSource:
+    """One run folder that went into a report."""
+
+    path: Path
+    """The run folder (its ``estimates/`` are looked up here)."""
+    label: str
+    """The run's name in the report (its folder name, made unique)."""
+    systems: dict[str, str]
+    """``{system in the run's items.parquet: system name in the report}``."""
+    digests: dict[str, str]
+    """``{dataset: evaluation-set digest}`` from the run's ``run.json`` (empty when it has none)."""
+    sets: dict[str, str]
+    """``{dataset: evaluation-set folder}`` as recorded at eval time (may no longer exist)."""
+
+    def as_json(self) -> dict:
+        return {"path": str(self.path), "label": self.label, "systems": self.systems, "digests": self.digests,
+                "sets": self.sets}
+
+
+SOURCES_JSON = "sources.json"
+"""Written by a report of several runs (or of a run rendered elsewhere): where its systems came from."""
+
+
+def _run_meta(run_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """``(digests, set folders)`` per dataset from a run's ``run.json`` (empty when absent)."""
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return {}, {}
+    try:
+        builds = json.loads(path.read_text()).get("builds", {}) or {}
+    except (OSError, ValueError) as exc:
+        raise UssBenchError(f"cannot read {path}: {exc}; restore it or rerun `uss-bench eval`") from exc
+    return ({d: str(b["digest"]) for d, b in builds.items() if b.get("digest")},
+            {d: str(b["path"]) for d, b in builds.items() if b.get("path")})
+
+
+def run_sources(run_dir: str | Path, items: pd.DataFrame | None = None) -> list[RunSource]:
+    """The runs behind a report folder: its ``sources.json``, else the folder itself as one run.
+
+    Raises:
+        UssBenchError: an unreadable ``sources.json`` or ``run.json``.
+    """
+    run_dir = Path(run_dir)
+    src = run_dir / SOURCES_JSON
+    if src.is_file():
+        try:
+            recs = json.loads(src.read_text())["runs"]
+            return [RunSource(Path(r["path"]), r["label"], dict(r["systems"]), dict(r.get("digests", {})),
+                              dict(r.get("sets", {}))) for r in recs]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UssBenchError(f"cannot read {src}: {exc}; delete it and rerun `uss-bench report`") from exc
+    items = load_items(run_dir) if items is None else items
+    digests, sets = _run_meta(run_dir)
+    systems = list(dict.fromkeys(items["system"]))
+    return [RunSource(run_dir, run_dir.resolve().name, {s: s for s in systems}, digests, sets)]
+
+
+def expand_runs(paths: list[str | Path]) -> list[Path]:
+    """Run folders named by ``paths``: a folder with ``items.parquet`` is a run; a folder without one
+    stands for the run folders directly inside it (e.g. the demo's ``runs/``).
+
+    Raises:
+        UssBenchError: a path that is neither a run nor a folder of runs.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "items.parquet").is_file() or (p.is_file() and p.suffix == ".parquet"):
+            out.append(p if p.is_dir() else p.parent)
+        elif p.is_dir() and (subs := sorted(d for d in p.iterdir() if (d / "items.parquet").is_file())):
+            out.extend(subs)
+        else:
+            raise UssBenchError(f"{p} is not a run folder (no items.parquet) nor a folder of run folders; "
+                                "pass folders written by `uss-bench eval`")
+    return list(dict.fromkeys(out))
+
+
+def _unique_labels(paths: list[Path]) -> list[str]:
+    """Folder names, lengthened by their parents' names until unique."""
+    parts = [p.resolve().parts for p in paths]
+    depth = 1
+    while True:
+        labels = ["/".join(pp[-depth:]) for pp in parts]
+        if len(set(labels)) == len(labels) or depth >= max(len(pp) for pp in parts):
+            return labels
+        depth += 1
+
+
+def merge_runs(paths: list[str | Path], allow_different_sets: bool = False) -> tuple[pd.DataFrame, list[RunSource]]:
+    """Items of several runs side by side, systems named by their runs.
+
+    A run holding one system names it by the run (``<label>``); a run holding several names each
+    ``<label>/<system>``. A single run keeps its system names. Rows keep every column; ``run`` holds the
+    run's label and ``source_system`` the system's name in its run.
+
+    Args:
+        paths: run folders or folders of runs (:func:`expand_runs`).
+        allow_different_sets: merge even when two runs evaluated a dataset on sets with different build
+            digests (their numbers are then not comparable item by item).
+
+    Returns:
+        ``(items, sources)``.
+
+    Raises:
+        UssBenchError: unreadable runs; two runs whose sets of one dataset have different digests
+            (names both runs and the dataset) unless ``allow_different_sets``.
+    """
+    runs = expand_runs(paths)
+    labels = _unique_labels(runs)
+    frames, sources = [], []
+    for run, label in zip(runs, labels, strict=True):
+        items = load_items(run)
+        inner = run_sources(run, items)
+        digests = {d: v for s in inner for d, v in s.digests.items()}
+        sets = {d: v for s in inner for d, v in s.sets.items()}
+        systems = list(dict.fromkeys(items["system"]))
+        if len(runs) == 1:
+            names = {s: s for s in systems}
+        else:
+            names = {s: label if len(systems) == 1 else f"{label}/{s}" for s in systems}
+        frames.append(items.assign(source_system=items.get("source_system", items["system"]),
+                                   system=items["system"].map(names), run=label))
+        if (run / SOURCES_JSON).is_file():  # a report of runs: keep pointing at the runs (their estimates)
+            sources += [RunSource(src.path, f"{label}/{src.label}", {o: names[n] for o, n in src.systems.items()
+                                                                     if n in names}, src.digests, src.sets)
+                        for src in inner]
+        else:
+            sources.append(RunSource(run, label, names, digests, sets))
+    for i, a in enumerate(sources):
+        for b in sources[i + 1:]:
+            for dataset in sorted(set(a.digests) & set(b.digests)):
+                if a.digests[dataset] != b.digests[dataset] and not allow_different_sets:
+                    raise UssBenchError(
+                        f"runs {a.path} and {b.path} evaluated {dataset} on different sets (build digest "
+                        f"{a.digests[dataset][:12]}… vs {b.digests[dataset][:12]}…): their items do not pair. "
+                        "Rebuild one set with the other's options, or pass --allow-different-sets to show "
+                        "them side by side anyway")
+    items = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return items, sources
+
+
 @dataclass
 class Report:
     """What ``render_report`` wrote."""
@@ -146,42 +316,59 @@ class Report:
     summary: Path
     per_class: Path
     figure: Path | None
+    """The Table 2 overview figure (``table2.png``)."""
+    figures: list[Path]
+    """Every figure: ``table2.png``, then ``per_class_<dataset>.png`` in Table 2 order."""
+    html: Path
+    """The self-contained ``report.html``."""
 
 
-def render_report(run_dir: str | Path) -> Report:
-    """(Re-)render ``summary.md``, ``per_class.md`` and ``per_class_sdri.png`` from ``items.parquet``.
+def report_runs(runs: list[str | Path], out: str | Path | None = None, allow_different_sets: bool = False
+                ) -> Report:
+    """Render one report of several runs (or folders of runs) side by side into ``out``.
+
+    With one run and no ``out`` (or ``out`` the run itself) the run's own folder is re-rendered. Otherwise
+    ``out`` receives the merged ``items.parquet`` and ``sources.json`` (the runs, their systems and set
+    digests), then the report files (:func:`render_report`).
 
     Raises:
-        UssBenchError: ``run_dir`` has no ``items.parquet``.
+        UssBenchError: see :func:`merge_runs`; several runs without ``out``.
     """
-    run_dir = Path(run_dir)
-    items = load_items(run_dir)
-    run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
-    systems = list(dict.fromkeys(items["system"]))
-    parts = [f"# uss-bench report: {', '.join(systems) or 'no items'}", ""]
-    if run.get("git_revision") or run.get("checkpoint_sha256"):
-        parts.append(f"harness {run.get('versions', {}).get('harness', '?')}, git {run.get('git_revision')}, "
-                     f"checkpoint sha256 {run.get('checkpoint_sha256')}")
-        parts.append("")
-    parts += ["## Table 2 (paper layout)", ""]
+    expanded = expand_runs(runs)
+    if len(expanded) == 1 and (out is None or Path(out).resolve() == expanded[0].resolve()):
+        return render_report(expanded[0])
+    if out is None:
+        raise UssBenchError(f"{len(expanded)} runs make one report: name its folder with --out DIR")
+    from harness.datasets.store import atomic_write_parquet
+
+    items, sources = merge_runs(expanded, allow_different_sets)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_parquet(items, out / "items.parquet")
+    atomic_write_text(out / SOURCES_JSON, json.dumps({"runs": [s.as_json() for s in sources]}, indent=2) + "\n")
+    return render_report(out)
+
+
+def table2_markdown(items: pd.DataFrame, systems: list[str]) -> tuple[str, dict[str, dict]]:
+    """The Table 2 section's table (ours with coverage markers, then the paper's rows) and its cells."""
     header = ["system", *[h for _, h, *_ in TABLE2]]
-    rows = []
+    rows, cells = [], {}
     for system in systems:
-        cells = table2_row(items[items["system"] == system])
-        rows.append([f"**{system}**", *[_fmt(cells[k], 2) for k, *_ in TABLE2]])
-    for name, cells in paper_rows():
-        rows.append([name, *[_fmt(cells.get(k, float("nan")), 2) for k, *_ in TABLE2]])
-    parts += [markdown_table(header, rows), ""]
-    parts += ["Conventions: SDR and SDRi in dB (paper eq. 12–13, upstream constants 1e-10); "
-              "AudioSet, FSDK2018, FSD50K and Slakh2100 are `class-median-mean` (median per class, mean over "
-              "classes); MUSDB18 is the BSSEval-v4 image SDR (median over 1-s frames at 32 kHz) with "
-              "`class-median-mean` over the four stems (median over tracks per stem, mean over stems); "
-              "Voicebank PESQ (P.862.2 wide band, MOS-LQO) and SSNR (dB) at 16 kHz are the median over "
-              "utterances, as the upstream (means below). Baselines take no query, so the same number stands "
-              "in both AudioSet columns. Only `ok` rows are aggregated; the others are counted below. "
-              "Numbers on the dev or demo corpora are not comparable with the paper's.", ""]
-    parts += ["## Detail per dataset", ""]
-    detail = []
+        cells[system] = table2_cells(items[items["system"] == system])
+        rows.append([f"**{system}**", *[format_cell(cells[system][k]) for k, *_ in TABLE2]])
+    for name, paper in paper_rows():
+        rows.append([name, *[_fmt(paper.get(k, float("nan")), 2) for k, *_ in TABLE2]])
+    return markdown_table(header, rows), cells
+
+
+def detail_rows(items: pd.DataFrame, systems: list[str]) -> list[dict]:
+    """Per system, dataset, condition and headline metric: counts, aggregates and the mean's 95 % CI.
+
+    Returns:
+        dicts with ``system, dataset, condition, metric, rows, ok, classes, class_median_mean, median,
+        mean, ci_low, ci_high`` (floats NaN when nothing is ``ok``).
+    """
+    out = []
     for system in systems:
         sub_sys = items[items["system"] == system]
         for dataset in DATASET_NAMES:
@@ -189,27 +376,115 @@ def render_report(run_dir: str | Path) -> Report:
                 for cond, sub in sub_sys[sub_sys["dataset"] == dataset].groupby("condition", sort=False):
                     ok = sub[sub["status"] == "ok"]
                     mean, lo, hi = bootstrap_mean(ok[metric].to_numpy())
-                    detail.append([system, dataset, cond, metric, str(len(ok)), str(ok["label"].nunique()),
-                                   _fmt(aggregate(ok[metric], ok["label"], "class-median-mean")),
-                                   _fmt(float(ok[metric].median()) if len(ok) else float("nan")),
-                                   f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}]"])
+                    out.append({"system": system, "dataset": dataset, "condition": cond, "metric": metric,
+                                "rows": len(sub), "ok": len(ok), "classes": int(ok["label"].nunique()),
+                                "class_median_mean": aggregate(ok[metric], ok["label"], "class-median-mean"),
+                                "median": float(ok[metric].median()) if len(ok) else float("nan"),
+                                "mean": mean, "ci_low": lo, "ci_high": hi})
+    return out
+
+
+def status_rows(items: pd.DataFrame) -> list[dict]:
+    """Per system and dataset: rows, ``ok`` rows and ``{status: count}`` of the others."""
+    out = []
+    for (system, dataset), sub in items.groupby(["system", "dataset"], sort=False):
+        counts = sub["status"].value_counts()
+        out.append({"system": system, "dataset": dataset, "rows": len(sub), "ok": int(counts.get("ok", 0)),
+                    "other": {str(k): int(v) for k, v in counts.items() if k != "ok"}})
+    return out
+
+
+CONVENTIONS = (
+    "Conventions: SDR and SDRi in dB (paper eq. 12–13, upstream constants 1e-10); "
+    "AudioSet, FSDK2018, FSD50K and Slakh2100 are `class-median-mean` (median per class, mean over "
+    "classes); MUSDB18 is the BSSEval-v4 image SDR (median over 1-s frames at 32 kHz) with "
+    "`class-median-mean` over the four stems (median over tracks per stem, mean over stems); "
+    "Voicebank PESQ (P.862.2 wide band, MOS-LQO) and SSNR (dB) at 16 kHz are the median over "
+    "utterances, as the upstream (means below). Baselines take no query, so the same number stands "
+    "in both AudioSet columns. Only `ok` rows are aggregated; the others are counted below. A cell "
+    "computed on part of its rows shows `(ok/rows)`, e.g. `3.03 (20/140)`. "
+    "Numbers on the dev or demo corpora are not comparable with the paper's.")
+
+
+def render_report(run_dir: str | Path) -> Report:
+    """(Re-)render a report folder from its ``items.parquet``.
+
+    Writes ``summary.md`` (Table 2 with coverage markers, detail with CIs, item status), ``per_class.md``,
+    the figures ``table2.png`` and ``per_class_<dataset>.png`` (:mod:`harness.figures`) and the
+    self-contained ``report.html`` (:mod:`harness.report_html`; audio players when the runs saved
+    estimates under ``<run>/estimates/<dataset>/``). Every file is written atomically.
+
+    Raises:
+        UssBenchError: ``run_dir`` has no readable ``items.parquet``; unreadable ``run.json`` /
+            ``sources.json``.
+    """
+    from harness import figures as F
+    from harness.report_html import write_html
+
+    run_dir = Path(run_dir)
+    items = load_items(run_dir)
+    sources = run_sources(run_dir, items)
+    run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    systems = list(dict.fromkeys(items["system"]))
+    parts = [f"# uss-bench report: {', '.join(systems) or 'no items'}", ""]
+    if run.get("git_revision") or run.get("checkpoint_sha256"):
+        parts.append(f"harness {run.get('versions', {}).get('harness', '?')}, git {run.get('git_revision')}, "
+                     f"checkpoint sha256 {run.get('checkpoint_sha256')}")
+        parts.append("")
+    if (run_dir / SOURCES_JSON).is_file():
+        parts.append("Runs: " + "; ".join(f"`{s.label}` ({s.path})" for s in sources))
+        parts.append("")
+    table2, cells = table2_markdown(items, systems)
+    parts += ["## Table 2 (paper layout)", "", table2, "", CONVENTIONS, "",
+              "HTML report (tables, figures, audio): [report.html](report.html)", ""]
+    parts += ["## Detail per dataset", ""]
+    detail = [[r["system"], r["dataset"], r["condition"], r["metric"], str(r["ok"]), str(r["classes"]),
+               _fmt(r["class_median_mean"]), _fmt(r["median"]),
+               f"{_fmt(r['mean'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"] for r in detail_rows(items, systems)]
     parts += [markdown_table(["system", "dataset", "condition", "metric", "items ok", "classes",
                               "class-median-mean", "median", "mean [95% CI]"], detail, "llll" + "r" * 5), ""]
     parts += ["## Item status", ""]
-    status_rows = []
-    for (system, dataset), sub in items.groupby(["system", "dataset"], sort=False):
-        counts = sub["status"].value_counts()
-        other = ", ".join(f"{k}: {v}" for k, v in counts.items() if k != "ok") or "—"
-        status_rows.append([system, dataset, str(len(sub)), str(int(counts.get("ok", 0))), other])
-    parts += [markdown_table(["system", "dataset", "rows", "ok", "not scored (status: count)"], status_rows,
+    srows = [[r["system"], r["dataset"], str(r["rows"]), str(r["ok"]),
+              ", ".join(f"{k}: {v}" for k, v in r["other"].items()) or "—"] for r in status_rows(items)]
+    parts += [markdown_table(["system", "dataset", "rows", "ok", "not scored (status: count)"], srows,
                              "llrrl"), ""]
-    parts += ["Per-class tables: [per_class.md](per_class.md). Figure: `per_class_sdri.png`.", ""]
+    colors = F.system_colors(systems)
+    pngs: dict[str, bytes] = {}
+    with F.figure_style():
+        paper = paper_rows()
+        present = set(items["dataset"])
+        fig = F.table2_figure(cells, [(k, h) for k, h, d, *_ in TABLE2 if d in present], paper[0][1] if paper else {},
+                              colors,
+                              paper[0][0] if paper else "paper")
+        if fig is not None:
+            pngs["table2.png"] = F.png_bytes(fig)
+        for dataset in F.ordered_datasets(items):
+            fig = F.dataset_figure(items, dataset, systems, colors)
+            if fig is not None:
+                pngs[f"per_class_{dataset}.png"] = F.png_bytes(fig)
+    figure_paths = []
+    for name, data in pngs.items():
+        atomic_write_bytes(run_dir / name, data)
+        figure_paths.append(run_dir / name)
+    parts += ["Per-class tables: [per_class.md](per_class.md). Figures: "
+              + ", ".join(f"`{p.name}`" for p in figure_paths) + ".", ""]
     summary = run_dir / "summary.md"
     atomic_write_text(summary, "\n".join(parts))
     per_class = run_dir / "per_class.md"
     atomic_write_text(per_class, per_class_markdown(items))
-    figure = per_class_figure(items, run_dir / "per_class_sdri.png")
-    return Report(summary=summary, per_class=per_class, figure=figure)
+    html = write_html(run_dir, items, sources, systems, cells, pngs, colors)
+    return Report(summary=summary, per_class=per_class, figure=figure_paths[0] if pngs.get("table2.png") else None,
+                  figures=figure_paths, html=html)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a binary file through a temporary name and a rename."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def per_class_markdown(items: pd.DataFrame) -> str:
@@ -225,41 +500,6 @@ def per_class_markdown(items: pd.DataFrame) -> str:
         parts += [f"## {system} · {dataset} · condition {cond}", "",
                   markdown_table(["class_id", "label", "items", *metrics], rows, "rlr" + "r" * len(metrics)), ""]
     return "\n".join(parts)
-
-
-def per_class_figure(items: pd.DataFrame, path: Path) -> Path | None:
-    """Per-class median SDRi (MUSDB: framewise SDRi) bars, one panel per dataset; ``None`` if no data."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = items[items["status"] == "ok"]
-    panels = []
-    for dataset in DATASET_NAMES:
-        metric = "musdb_sdri" if dataset == "musdb18" else "sdri"
-        sub = ok[ok["dataset"] == dataset]
-        if len(sub):
-            panels.append((dataset, sub.groupby(["system", "label"])[metric].median().unstack(0)))
-    if not panels:
-        return None
-    height = sum(max(1.5, 0.18 * len(t)) for _, t in panels) + 1
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, min(height, 60)), squeeze=False)
-    for ax, (dataset, table) in zip(axes[:, 0], panels, strict=True):
-        table.sort_index().plot.barh(ax=ax, width=0.8, legend=False)
-        ax.set_title(dataset)
-        ax.set_xlabel("median SDRi (dB)")
-        ax.set_ylabel("")
-        ax.tick_params(axis="y", labelsize=6)
-        ax.axvline(0, color="black", linewidth=0.5)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
 
 
 def load_items(run: str | Path) -> pd.DataFrame:
