@@ -95,7 +95,7 @@ def test_internal_error_gets_its_own_code_and_a_log(monkeypatch, tmp_path, capsy
     def broken(*args, **kwargs):
         raise RuntimeError("a bug\nwith a second line")
 
-    monkeypatch.setattr(harness.reports, "render_report", broken)
+    monkeypatch.setattr(harness.reports, "report_runs", broken)
     monkeypatch.setenv("USS_BENCH_LOG_DIR", str(tmp_path))
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["report", str(tmp_path)])
