@@ -20,28 +20,28 @@ def _install(session: nox.Session) -> None:
     session.install("-c", CONSTRAINTS, "-e", ".[test]")
 
 
-def _ensure_ffmpeg(session: nox.Session) -> None:
-    """museval imports stempeg, which needs ffmpeg/ffprobe on PATH (Debian package ffmpeg)."""
-    if shutil.which("ffmpeg") and shutil.which("ffprobe"):
+def _ensure_debian(session: nox.Session, package: str, present: bool, needed_for: str) -> None:
+    """Install Debian's ``package`` unless its commands are ``present``, when we may (root with apt-get)."""
+    if present:
         return
     if shutil.which("apt-get") and os.geteuid() == 0:
         env = {"DEBIAN_FRONTEND": "noninteractive"}
         session.run("apt-get", "update", "-qq", external=True, env=env)
-        session.run("apt-get", "install", "-y", "-qq", "ffmpeg", external=True, env=env)
+        session.run("apt-get", "install", "-y", "-qq", package, external=True, env=env)
     else:
-        session.warn("ffmpeg/ffprobe not on PATH: install Debian's ffmpeg, or the museval tests cannot run")
+        session.warn(f"{package} is not on PATH: install Debian's {package}, or {needed_for}")
+
+
+def _ensure_ffmpeg(session: nox.Session) -> None:
+    """museval imports stempeg, which needs ffmpeg/ffprobe on PATH (Debian package ffmpeg)."""
+    _ensure_debian(session, "ffmpeg", bool(shutil.which("ffmpeg") and shutil.which("ffprobe")),
+                   "the museval tests cannot run")
 
 
 def _ensure_chromium(session: nox.Session) -> None:
     """The report.html test opens the page in a headless browser (Debian package chromium)."""
-    if any(shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")):
-        return
-    if shutil.which("apt-get") and os.geteuid() == 0:
-        env = {"DEBIAN_FRONTEND": "noninteractive"}
-        session.run("apt-get", "update", "-qq", external=True, env=env)
-        session.run("apt-get", "install", "-y", "-qq", "chromium", external=True, env=env)
-    else:
-        session.warn("chromium not on PATH: install Debian's chromium, or the report.html browser test is skipped")
+    _ensure_debian(session, "chromium", any(shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")),
+                   "the report.html browser test is skipped")
 
 
 @nox.session
