@@ -233,6 +233,7 @@ def eval_cmd(
     from harness.evaluate import BASELINES, EvalOptions, resolve_datasets, run_eval
     from harness.parallel import distributed
     from harness.reports import render_report
+    from harness.systems import CONDITIONS
 
     if (baseline is None) == (checkpoint is None):
         raise ConfigError("pass exactly one of --baseline mixture|oracle-irm and --checkpoint CKPT")
@@ -241,7 +242,7 @@ def eval_cmd(
         if condition is not None:
             raise ConfigError(f"--condition {condition} applies to a --checkpoint system; the {baseline} baseline "
                               "takes no query: drop --condition")
-    condition = check_choice("--condition", condition or "average", ("average", "oracle"))
+    condition = check_choice("--condition", condition or "average", CONDITIONS)  # before the set is looked up
     wd = _workdir(workdir)
     names, absent = resolve_datasets(datasets or [], all_, wd, split)
     with distributed(device) as ranks:
@@ -257,7 +258,8 @@ def eval_cmd(
         run_dir = out or Path("reports") / system.name.replace(":", "-")
         opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, batch_size=batch_size, jobs=jobs,
                            limit=limit, resume=resume, executor=executor, scheduler=scheduler,
-                           part_items=part_items, extra={"device": ranks.device(device)} | ({} if baseline else {"condition": condition}))
+                           part_items=part_items, extra={"device": ranks.device(device),
+                                                         **({} if baseline else {"condition": condition})})
         opts.check()
         with _progress(quiet or not ranks.is_main) as update:
             run = run_eval(system, opts, progress=lambda d, done, total: update(f"{d} eval", done, total),

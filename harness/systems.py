@@ -10,6 +10,9 @@ import pandas as pd
 from harness.evaluate import System
 from harness.queries import load_queries
 
+CONDITIONS = ("average", "oracle")
+"""Query conditions of a :class:`CheckpointSystem` (``eval --condition``): eq. 9 and eq. 11."""
+
 NO_QUERY = "no_query"
 """Status of an item whose class has no average query embedding (no clip of it in the query split)."""
 
@@ -30,12 +33,10 @@ class CheckpointSystem(System):
 
     def __init__(self, checkpoint: str | Path, workdir: str | Path, condition: str = "average",
                  device: str = "auto", batch_size: int = 16):
+        from harness.errors import check_choice
         from harness.models import file_sha256, load_separator, resolve_device
 
-        if condition not in ("average", "oracle"):
-            from harness.errors import ConfigError
-
-            raise ConfigError(f"--condition {condition!r}: choose average or oracle")
+        check_choice("--condition", condition, CONDITIONS)
         self.checkpoint = Path(checkpoint)
         self.device = resolve_device(device)
         self.separator = load_separator(checkpoint, self.device)
