@@ -77,7 +77,14 @@ from harness import parallel
 from harness.audio import AudioRef
 from harness.config import REPO_ROOT, load_dataset_config
 from harness.datasets import get_corpus
-from harness.datasets.store import EvalSet, atomic_write_parquet, atomic_write_text, built_datasets, open_set
+from harness.datasets.store import (
+    EvalSet,
+    atomic_write_parquet,
+    atomic_write_text,
+    built_datasets,
+    open_set,
+    track_length_status,
+)
 from harness.errors import ConfigError, UssBenchError
 from harness.models import spectral
 from harness.parallel import Ranks
@@ -397,14 +404,15 @@ def _read_units(evalset: EvalSet, manifest: pd.DataFrame, cfg: dict, plan: list[
             unit.mix, unit.ref = evalset.read_rows(pos)
         else:
             row = items.iloc[0]
+            evalset.check_track_files(row)  # SetIntegrityError: a corpus file changed since the build
             try:
                 mix = corpus.read(AudioRef(evalset.corpus_root / row["mixture_file"]), cfg["sample_rate"])
                 ref = corpus.read(AudioRef(evalset.corpus_root / row["target_file"]), cfg["sample_rate"])
             except UssBenchError as exc:
                 unit.scored = [unscored(f"read_error: {exc}")]
             else:
-                n = min(len(mix), len(ref))
-                unit.mix, unit.ref = mix[None, :n], ref[None, :n]
+                unit.scored = [track_length_status(row, mix, ref)]
+                unit.mix, unit.ref = mix[None], ref[None]
         unit.seconds = time.perf_counter() - t0
         yield unit
 

@@ -49,10 +49,14 @@ from harness.datasets import get_corpus
 from harness.datasets.base import Clip, Corpus, Track
 from harness.datasets.store import (
     MANIFEST_COLUMNS,
+    SetIntegrityError,
     array_sha256,
     atomic_dir,
+    check_set,
+    corpus_fingerprint,
     file_sha256,
     items_digest,
+    manifest_sha256,
     open_set,
     set_dir,
 )
@@ -510,15 +514,7 @@ def _rel(ref: AudioRef | None, root: Path) -> str | None:
 
 def _fingerprint(refs: Iterable[AudioRef], root: Path) -> dict[str, Any]:
     """File list + sizes of what the build reads (the corpus fingerprint in ``build.json``)."""
-    h = hashlib.sha256()
-    files = sorted({resolve_audio_path(r.path) if r.h5_index is None else r.path for r in refs})
-    total = 0
-    for f in files:
-        size = f.stat().st_size
-        total += size
-        rel = f.relative_to(root) if f.is_relative_to(root) else f
-        h.update(f"{rel}\0{size}\n".encode())
-    return {"root": str(root.resolve()), "files": len(files), "bytes": total, "sha256": h.hexdigest()}
+    return corpus_fingerprint({resolve_audio_path(r.path) if r.h5_index is None else r.path for r in refs}, root)
 
 
 def resolve_anchor(corpus: Corpus, cfg: dict, opts: BuildOptions) -> str:
@@ -602,6 +598,7 @@ def build_mixtures(root: str | Path, workdir: str | Path, opts: BuildOptions,
             "counts": {"items": len(manifest), "classes": sum(1 for c in plan.classes.values() if c.get("items")),
                        "per_class": plan.classes, "notes": plan.notes},
             "digest": items_digest(manifest),
+            "manifest_sha256": manifest_sha256(manifest),
             "harness_version": harness.__version__,
             "jobs": opts.jobs,
             "seconds": round(time.perf_counter() - t0, 3),
@@ -714,11 +711,16 @@ def verify_build(root: str | Path, workdir: str | Path, opts: BuildOptions) -> l
     """
     import tempfile
 
-    existing = open_set(workdir, opts.dataset, opts.split)
+    existing = open_set(workdir, opts.dataset, opts.split, check=False)
+    try:
+        check_set(existing)
+        integrity = []
+    except SetIntegrityError as exc:
+        integrity = [f"integrity: {exc}"]
     with tempfile.TemporaryDirectory(prefix="uss-bench-verify-") as tmp:
         fresh_build = build_mixtures(root, tmp, opts)
         fresh = open_set(tmp, opts.dataset, opts.split)
-        problems = []
+        problems = list(integrity)
         if fresh_build["digest"] != existing.build["digest"]:
             problems.append(f"digest {existing.build['digest'][:16]}… ≠ rebuilt {fresh_build['digest'][:16]}…")
         if not existing.virtual:
@@ -727,18 +729,29 @@ def verify_build(root: str | Path, workdir: str | Path, opts: BuildOptions) -> l
         b = fresh.manifest.set_index("item_id")
         for item in sorted(set(a.index) ^ set(b.index)):
             problems.append(f"{item}: present in only one of the builds")
-        for item in sorted(set(a.index) & set(b.index)):
-            for col in ("sha256_mixture", "sha256_target"):
-                if a.at[item, col] != b.at[item, col]:
-                    problems.append(f"{item}: {col} differs")
+        problems += _manifest_differences(a, b)
+        if existing.build.get("counts", {}).get("per_class") != fresh_build["counts"]["per_class"]:
+            problems.append("build.json: the per-class counts (labels, items) differ from the rebuild's")
         return problems
+
+
+def _manifest_differences(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
+    """``"<item>: <column> differs (x ≠ rebuilt y)"`` for every manifest column of the items of both
+    manifests (indexed by ``item_id``); nulls equal nulls, floats compare exactly (the build is deterministic)."""
+    problems = []
+    for item in sorted(set(a.index) & set(b.index)):
+        for col in MANIFEST_COLUMNS[1:]:
+            x, y = a.at[item, col], b.at[item, col]
+            if not ((pd.isna(x) and pd.isna(y)) or (not pd.isna(x) and not pd.isna(y) and x == y)):
+                problems.append(f"{item}: {col} differs ({x!r} ≠ rebuilt {y!r})")
+    return problems
 
 
 def _rehash_rows(evalset) -> list[str]:
     """Items of an existing set whose stored audio no longer matches its manifest hashes."""
     problems = []
     with h5py.File(evalset.path / "mixtures.h5", "r") as h5:
-        for i, item in enumerate(evalset.manifest.itertuples()):
+        for i, item in enumerate(evalset.manifest.iloc[: h5["mixture"].shape[0]].itertuples()):
             if array_sha256(h5["mixture"][i]) != item.sha256_mixture:
                 problems.append(f"{item.item_id}: stored mixture does not match its manifest hash")
             if array_sha256(h5["target"][i]) != item.sha256_target:

@@ -23,7 +23,7 @@ import pandas as pd
 
 import harness
 from harness.config import load_dataset_config
-from harness.datasets.store import MANIFEST_COLUMNS, array_sha256, atomic_dir, items_digest, set_dir
+from harness.datasets.store import MANIFEST_COLUMNS, array_sha256, atomic_dir, items_digest, manifest_sha256, set_dir
 from harness.errors import ConfigError
 
 
@@ -89,7 +89,8 @@ def build_synthetic_set(workdir: str | Path, n_items: int, *, dataset: str = "fs
             "virtual": False, "options": {"seconds": seconds, "classes": classes, "chunk": chunk},
             "declaration": cfg, "corpus": {"root": "", "files": 0},
             "counts": {"items": n_items, "classes": min(classes, n_items), "per_class": {}, "notes": []},
-            "digest": items_digest(manifest), "harness_version": harness.__version__,
+            "digest": items_digest(manifest), "manifest_sha256": manifest_sha256(manifest),
+            "harness_version": harness.__version__,
         }
         (tmp / "build.json").write_text(json.dumps(build, indent=2, sort_keys=True, default=str) + "\n")
     return final
