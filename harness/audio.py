@@ -48,13 +48,63 @@ def audio_info(path: str | Path) -> soundfile._SoundFileInfo:
     """soundfile's header info (``samplerate``, ``channels``, ``frames``) of the resolved file.
 
     Raises:
-        AudioError: missing or unreadable file.
+        AudioError: missing, unreadable or truncated file (see :func:`wav_header_frames`).
     """
     path = resolve_audio_path(path)
     try:
-        return soundfile.info(str(path))
+        info = soundfile.info(str(path))
     except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError on corrupt headers
         raise AudioError(f"cannot read audio header of {path}: {exc}. Is the file corrupt or truncated?") from exc
+    _check_complete(path, info.frames)
+    return info
+
+
+def wav_header_frames(path: str | Path) -> int | None:
+    """The frame count a RIFF/WAVE file's header claims: its ``data`` chunk size over the ``fmt`` block align.
+
+    libsndfile clamps a ``data`` chunk that runs past the end of the file to the bytes present, so a WAV
+    truncated in transfer reads "successfully" with fewer frames; comparing with this count tells.
+
+    Returns:
+        the claimed frames, or ``None`` when ``path`` is not a plain RIFF/WAVE file (RF64, FLAC, …) or its
+        ``data`` size is a streaming placeholder (0 or 0xFFFFFFFF).
+    """
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"fmt ":
+                fmt = f.read(size + (size & 1))
+                if len(fmt) < 14:
+                    return None
+                block_align = struct.unpack("<H", fmt[12:14])[0]
+            elif cid == b"data":
+                if not block_align or size in (0, 0xFFFFFFFF):
+                    return None
+                return size // block_align
+            else:
+                f.seek(size + (size & 1), 1)
+
+
+def _check_complete(path: Path, frames_in_file: int) -> None:
+    """AudioError when ``path`` is a WAV whose header claims more frames than the file holds."""
+    if path.suffix.lower() != ".wav":
+        return
+    try:
+        claimed = wav_header_frames(path)
+    except OSError as exc:
+        raise AudioError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if claimed is not None and claimed > frames_in_file:
+        raise AudioError(f"{path} is truncated: its header claims {claimed} frames, the file holds "
+                         f"{frames_in_file}; copy or extract it again")
 
 
 def read_audio(
@@ -75,11 +125,18 @@ def read_audio(
         ``(L,)`` float32 in [-1, 1] (PCM files), channel mean when the file has several channels.
 
     Raises:
-        AudioError: missing, unreadable or corrupt file; NaN or infinite samples.
+        AudioError: missing, unreadable, corrupt or truncated file (a WAV whose header claims more frames
+            than it holds, :func:`wav_header_frames`); NaN or infinite samples.
     """
     path = resolve_audio_path(path)
     try:
-        data, file_rate = soundfile.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
+        with soundfile.SoundFile(str(path)) as f:
+            _check_complete(path, f.frames)
+            f.seek(start)
+            data = f.read(frames, dtype="float32", always_2d=True)
+            file_rate = f.samplerate
+    except AudioError:
+        raise
     except Exception as exc:
         raise AudioError(f"cannot decode {path}: {exc}. Is the file corrupt or truncated?") from exc
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
