@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 
 from harness.audio import AudioRef, resolve_audio_path
-from harness.datasets.base import Clip, Corpus, read_csv_rows
+from harness.datasets.base import Clip, Corpus, listed_path, read_csv_rows, utf8_errors
 from harness.errors import AudioError, MetadataError
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ class AudioSet(Corpus):
         names = self._class_names()
         rows: list[tuple[str, tuple[str, ...]]] = []
         first_line: dict[str, int] = {}
-        with open(path, newline="", encoding="utf-8") as f:
+        with utf8_errors(path), open(path, newline="", encoding="utf-8") as f:
             for line, fields in enumerate(csv.reader(f, skipinitialspace=True), start=1):
                 if not fields or fields[0].startswith("#") or fields[0] == "YTID":
                     continue
@@ -193,6 +193,7 @@ class AudioSet(Corpus):
                         f"{path} line {line}: {clip_id} already listed on line {first_line[clip_id]}"
                     )
                 first_line[clip_id] = line
+                listed_path(self.root / "audios", f"{clip_id}.wav", path, line)  # a YTID must not leave audios/
                 mids = [m.strip() for m in fields[3].split(",") if m.strip()]
                 if not mids:
                     raise MetadataError(f"{path} line {line}: {clip_id} has no labels")

@@ -15,6 +15,8 @@ import csv
 import os
 import tomllib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -211,7 +213,7 @@ def read_csv_rows(path: str | Path, columns: tuple[str, ...]) -> list[tuple[int,
         MetadataError: the header lacks one of ``columns``, or a row has more or fewer fields than the
             header (names the file and the line).
     """
-    with open(path, newline="", encoding="utf-8") as f:
+    with utf8_errors(path), open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = [c for c in columns if c not in (reader.fieldnames or ())]
         if missing:
@@ -222,3 +224,51 @@ def read_csv_rows(path: str | Path, columns: tuple[str, ...]) -> list[tuple[int,
                 raise MetadataError(f"{path} line {reader.line_num}: not {len(reader.fieldnames)} fields")
             rows.append((reader.line_num, row))
     return rows
+
+
+@contextmanager
+def utf8_errors(path: str | Path) -> Iterator[None]:
+    """Turn a ``UnicodeDecodeError`` while reading the text file ``path`` into a :class:`MetadataError`
+    naming the file, the line and the byte (metadata files are UTF-8, as the corpora ship them)."""
+    try:
+        yield
+    except UnicodeDecodeError:
+        raw = Path(path).read_bytes()
+        try:
+            raw.decode("utf-8")
+            where = ""
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            where = f" line {line}: byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+        raise MetadataError(f"{path}{where} is not UTF-8 (Latin-1?); re-encode it as UTF-8, "
+                            f"e.g. `iconv -f latin1 -t utf-8`") from None
+
+
+def listed_path(folder: Path, name: str, listed_in: str | Path, line: int | None = None) -> Path:
+    """``folder / name`` for a file name read from metadata, refusing one that leaves ``folder``.
+
+    An absolute name or one with a ``..`` part could take a file from another split (a train clip in the
+    test set) or from outside the root. Symlinks inside the folder are not followed here (a corpus copy
+    may link its files elsewhere).
+
+    Raises:
+        MetadataError: naming the metadata file, the line and the name.
+    """
+    where = f"{listed_in} line {line}" if line is not None else str(listed_in)
+    parts = Path(name).parts
+    if not name or Path(name).is_absolute() or ".." in parts or "\\" in name:
+        raise MetadataError(f"{where}: file name {name!r} leaves {folder}; metadata must name files inside "
+                            "their split's folder")
+    return folder / name
+
+
+def check_unique(key: str, line: int, seen: dict[str, int], listed_in: str | Path, what: str = "clip") -> None:
+    """Record ``key`` as listed on ``line``; a key listed twice changes the set silently.
+
+    Raises:
+        MetadataError: ``key`` was already listed (names both lines).
+    """
+    if key in seen:
+        raise MetadataError(f"{listed_in} line {line}: {what} {key} already listed on line {seen[key]}; "
+                            "remove the duplicate row")
+    seen[key] = line

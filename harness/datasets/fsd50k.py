@@ -13,7 +13,7 @@ import csv
 from pathlib import Path
 
 from harness.audio import AudioRef
-from harness.datasets.base import Clip, Corpus, listed_audio, read_csv_rows
+from harness.datasets.base import Clip, Corpus, check_unique, listed_audio, listed_path, read_csv_rows, utf8_errors
 from harness.errors import MetadataError
 
 GROUND_TRUTH = "FSD50K.ground_truth"
@@ -71,7 +71,7 @@ class FSD50K(Corpus):
             self.check()
             path = self.root / GROUND_TRUTH / "vocabulary.csv"
             labels = []
-            with open(path, newline="", encoding="utf-8") as f:
+            with utf8_errors(path), open(path, newline="", encoding="utf-8") as f:
                 for line, fields in enumerate(csv.reader(f), start=1):
                     if len(fields) != 3 or fields[0] != str(len(labels)):
                         raise MetadataError(
@@ -87,8 +87,9 @@ class FSD50K(Corpus):
         Raises:
             LayoutError: unknown split, or the layout or the split's audio folder is missing.
             MetadataError: a csv without the needed columns, a ``dev.csv`` split other than train/val, a
-                row without labels, a label outside the vocabulary (names csv, line and label), or a
-                listed clip absent from the audio folder (names both).
+                row without labels, a label outside the vocabulary (names csv, line and label), a clip
+                listed twice (also once as train, once as val), a ``fname`` that leaves the audio folder, or
+                a listed clip absent from the audio folder (names both).
         """
         self.check_split(split)
         vocabulary = set(self.vocabulary())
@@ -99,7 +100,9 @@ class FSD50K(Corpus):
             raise self.layout_error(f"missing folder {audio_name}/")
         columns = ("fname", "labels", "split") if csv_name == "dev.csv" else ("fname", "labels")
         clips = []
+        seen: dict[str, int] = {}
         for line, row in read_csv_rows(csv_path, columns):
+            check_unique(row["fname"], line, seen, csv_path)  # over the whole dev.csv: train and val
             if csv_name == "dev.csv":
                 if row["split"] not in ("train", "val"):
                     raise MetadataError(
@@ -115,6 +118,6 @@ class FSD50K(Corpus):
                     raise MetadataError(
                         f"{csv_path} line {line}: unknown label {label!r} (not in {GROUND_TRUTH}/vocabulary.csv)"
                     )
-            path = listed_audio(audio_dir / f"{row['fname']}.wav", csv_path)
+            path = listed_audio(listed_path(audio_dir, f"{row['fname']}.wav", csv_path, line), csv_path)
             clips.append(Clip(row["fname"], AudioRef(path), labels))
         return sorted(clips, key=lambda c: c.clip_id)

@@ -7,7 +7,7 @@ Layout as on Zenodo: ``FSDKaggle2018.meta/{train_post_competition,test_post_comp
 from __future__ import annotations
 
 from harness.audio import AudioRef
-from harness.datasets.base import Clip, Corpus, listed_audio, read_csv_rows
+from harness.datasets.base import Clip, Corpus, check_unique, listed_audio, listed_path, read_csv_rows
 from harness.errors import MetadataError
 
 LABELS = (
@@ -69,7 +69,8 @@ class FSDKaggle2018(Corpus):
         Raises:
             LayoutError: unknown split, or the layout or the split's audio folder is missing.
             MetadataError: a csv without ``fname``/``label``, a label outside the 41 (names csv, line and
-                label), or a listed clip absent from the audio folder (names both).
+                label), a clip listed twice, a ``fname`` that leaves the audio folder, or a listed clip
+                absent from the audio folder (names both).
         """
         self.check_split(split)
         self.check()
@@ -79,12 +80,15 @@ class FSDKaggle2018(Corpus):
         if not audio_dir.is_dir():
             raise self.layout_error(f"missing folder {audio_name}/")
         clips = []
+        seen: dict[str, int] = {}
         for line, row in read_csv_rows(csv_path, ("fname", "label")):
             label = row["label"]
             if label not in LABELS:
                 raise MetadataError(
                     f"{csv_path} line {line}: unknown label {label!r} (not one of the 41 FSDKaggle2018 labels)"
                 )
-            path = listed_audio(audio_dir / row["fname"], csv_path)
+            name = listed_path(audio_dir, row["fname"], csv_path, line)
+            check_unique(name.stem, line, seen, csv_path)
+            path = listed_audio(name, csv_path)
             clips.append(Clip(path.stem, AudioRef(path), (label,)))
         return sorted(clips, key=lambda c: c.clip_id)

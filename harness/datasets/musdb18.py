@@ -49,7 +49,8 @@ class MUSDB18(Corpus):
         """Every track folder of ``split`` (none when the folder is absent), sorted by ``track_id``.
 
         Raises:
-            LayoutError: unknown split or not this layout.
+            LayoutError: unknown split or not this layout (no folder of the split holds a MUSDB18 file,
+                e.g. a Slakh2100 root).
             MetadataError: a track folder without its mixture or one of the four stems (names the file).
         """
         self.check_split(split)
@@ -57,11 +58,23 @@ class MUSDB18(Corpus):
         folder = self.root / split
         if not folder.is_dir():
             return []
+        track_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if track_dirs and not any(_is_track(d) for d in track_dirs):
+            slakh = any((d / "mix.flac").is_file() or (d / "metadata.yaml").is_file() for d in track_dirs)
+            raise self.layout_error(
+                f"wrong layout: none of the {len(track_dirs)} folders of {split}/ holds mixture.wav or a stem"
+                + ("; they look like Slakh2100 tracks (mix.flac, metadata.yaml): give this root to slakh2100"
+                   if slakh else ""))
         tracks = []
-        for track_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for track_dir in track_dirs:
             sources = tuple(Source(stem, stem, AudioRef(_stem_file(track_dir, stem))) for stem in STEMS)
             tracks.append(Track(track_dir.name, AudioRef(_stem_file(track_dir, "mixture")), sources))
         return sorted(tracks, key=lambda t: t.track_id)
+
+
+def _is_track(track_dir: Path) -> bool:
+    """Whether a folder holds any MUSDB18 file (mixture or stem, .wav or .flac)."""
+    return any((track_dir / f"{name}{suffix}").is_file() for name in ("mixture", *STEMS) for suffix in (".wav", ".flac"))
 
 
 def _stem_file(track_dir: Path, stem: str) -> Path:

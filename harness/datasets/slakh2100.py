@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from harness.audio import AudioRef
-from harness.datasets.base import Corpus, Source, Track, listed_audio
+from harness.datasets.base import Corpus, Source, Track, listed_audio, listed_path, utf8_errors
 from harness.errors import MetadataError
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader is ~10x faster, equally safe
@@ -84,7 +84,8 @@ def _read_track(track_dir: Path) -> Track:
     if not mix.is_file():
         raise MetadataError(f"Slakh2100 track folder {track_dir} has no mix.flac")
     try:
-        meta = yaml.load(meta_path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
+        with utf8_errors(meta_path):
+            meta = yaml.load(meta_path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
         raise MetadataError(f"{meta_path}: not valid YAML: {exc}") from exc
     stems = meta.get("stems") if isinstance(meta, dict) else None
@@ -99,6 +100,6 @@ def _read_track(track_dir: Path) -> Track:
         label = info.get("plugin_name")
         if not isinstance(label, str) or not label:
             raise MetadataError(f"{meta_path}: rendered stem {stem_id} has no `plugin_name`")
-        path = listed_audio(track_dir / "stems" / f"{stem_id}.flac", meta_path)
+        path = listed_audio(listed_path(track_dir / "stems", f"{stem_id}.flac", meta_path), meta_path)
         sources.append(Source(str(stem_id), label, AudioRef(path)))
     return Track(track_dir.name, AudioRef(mix), tuple(sources))
