@@ -33,6 +33,7 @@ from harness.errors import (
     UssBenchError,
     check_choice,
     did_you_mean,
+    os_error_message,
 )
 
 # rich_markup_mode=None: help texts are plain text, so "[roots]" or "[the TOML's, 100]" print as written
@@ -230,6 +231,7 @@ def eval_cmd(
     Under `torchrun --nproc-per-node N -m harness eval ...` each rank evaluates every N-th batch and
     rank 0 merges the parts.
     """
+    from harness.datasets.store import check_output_folder
     from harness.evaluate import BASELINES, EvalOptions, resolve_datasets, run_eval
     from harness.parallel import distributed
     from harness.reports import render_report
@@ -244,6 +246,8 @@ def eval_cmd(
                               "takes no query: drop --condition")
     condition = check_choice("--condition", condition or "average", CONDITIONS)  # before the set is looked up
     wd = _workdir(workdir)
+    if out is not None:
+        check_output_folder(out, "--out")
     names, absent = resolve_datasets(datasets or [], all_, wd, split)
     with distributed(device) as ranks:
         if baseline is not None:
@@ -516,8 +520,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run a command and exit with a code CI can trust.
 
     0 ok; 1 a regression or failed ``--verify`` (raised by the commands as ``typer.Exit(EXIT_REGRESSION)``); 2 a
-    :class:`~harness.errors.UssBenchError` or a usage error (typer's own vendored click exceptions, so no
-    ``click`` install is needed); 130 interrupted; 3 anything else, with the traceback in a log file
+    :class:`~harness.errors.UssBenchError`, a usage error (typer's own vendored click exceptions, so no
+    ``click`` install is needed) or an I/O error the environment caused (full disk, read-only folder, a file
+    where a folder is needed: :func:`~harness.errors.os_error_message`); 130 interrupted; 3 anything else, with the traceback in a log file
     (``$USS_BENCH_LOG_DIR`` or the temporary folder). Never a traceback on the terminal.
 
     Args:
@@ -536,6 +541,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_INTERRUPTED)
     except typer.TyperException as exc:  # usage errors: the base of typer's vendored click exceptions
         err.print(_usage_message(exc), highlight=False, markup=False)
+        sys.exit(EXIT_USAGE)
+    except OSError as exc:  # a full disk, a read-only folder, a file where a folder is needed: exit 2
+        message = os_error_message(exc)
+        if message is None:
+            err.print(_internal_error(exc), style="red", highlight=False, markup=False)
+            sys.exit(EXIT_INTERNAL)
+        err.print(f"error: {message}", style="red", highlight=False, markup=False)
         sys.exit(EXIT_USAGE)
     except Exception as exc:
         err.print(_internal_error(exc), style="red", highlight=False, markup=False)

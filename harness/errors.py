@@ -6,6 +6,7 @@ The CLI turns every :class:`UssBenchError` into :data:`EXIT_USAGE` with a one-li
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
 
 EXIT_OK = 0
@@ -35,6 +36,36 @@ def check_choice(what: str, value: str, choices: Iterable[str]) -> str:
     if value not in choices:
         raise ConfigError(f"unknown {what} {value!r}{did_you_mean(value, choices)} (choose from {', '.join(choices)})")
     return value
+
+
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: ("no space left on device", "free some space or use another folder"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or use another folder"),
+    errno.EROFS: ("read-only file system", "choose a writable folder"),
+    errno.EACCES: ("permission denied", "choose a folder you can write to, or fix its permissions"),
+    errno.EPERM: ("operation not permitted", "choose a folder you can write to, or fix its permissions"),
+    errno.ENOTDIR: ("not a directory", "a file stands where a folder is needed: choose another path"),
+    errno.EISDIR: ("is a directory", "a folder stands where a file is needed: choose another path"),
+    errno.EEXIST: ("file exists", "a file stands where a folder is needed: choose another path"),
+}
+"""errno → (what, what to do) of the I/O errors that the user's environment causes, not a bug."""
+
+
+def os_error_message(exc: OSError) -> str | None:
+    """The one-line message of an :class:`OSError` the environment caused (full disk, read-only or
+    forbidden folder, a file where a folder is needed), naming the file; ``None`` for any other errno.
+
+    h5py raises such errors with ``errno`` set but no file name; its text is then kept (first line).
+    """
+    known = ENVIRONMENT_ERRNOS.get(exc.errno)
+    if known is None:
+        return None
+    what, todo = known
+    if exc.filename is not None:
+        where = str(exc.filename) + (f" → {exc.filename2}" if exc.filename2 is not None else "")
+    else:
+        where = (str(exc).splitlines() or [""])[0][:200]
+    return f"{what}: {where}; {todo}"
 
 
 class UssBenchError(Exception):

@@ -26,11 +26,14 @@ Protocol ``uss-paper`` (DESIGN §4, the paper §5.1 and the upstream evaluation 
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
 import logging
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -52,11 +55,13 @@ from harness.datasets.store import (
     SetIntegrityError,
     array_sha256,
     atomic_dir,
+    check_output_folder,
     check_set,
     corpus_fingerprint,
     file_sha256,
     items_digest,
     manifest_sha256,
+    no_space_error,
     open_set,
     set_dir,
 )
@@ -559,9 +564,12 @@ def build_mixtures(root: str | Path, workdir: str | Path, opts: BuildOptions,
     Raises:
         LayoutError, MetadataError, AudioError: bad corpus input (the message names the file).
         ConfigError: bad options.
-        UssBenchError: the plan has no item (e.g. fewer than two classes).
+        UssBenchError: the plan has no item (e.g. fewer than two classes); ``workdir`` is a file; the disk
+            is (or becomes) too full for the set: "no space left on <mount> … (needs ≈ N MB)", the temporary
+            set removed and a previous set kept.
     """
     t0 = time.perf_counter()
+    check_output_folder(workdir, "--workdir")
     cfg = load_dataset_config(opts.dataset)
     corpus = get_corpus(opts.dataset, root)
     anchor = resolve_anchor(corpus, cfg, opts)
@@ -575,72 +583,149 @@ def build_mixtures(root: str | Path, workdir: str | Path, opts: BuildOptions,
     virtual = bool(cfg.get("virtual"))
     rows: list[dict[str, Any]] = []
     out_dir = set_dir(workdir, opts.dataset, opts.split)
-    with atomic_dir(out_dir) as tmp:
-        if virtual:
-            rows = _virtual_rows(plan.specs, cfg, opts.jobs, progress)
-        else:
-            rows = _render_to_h5(plan.specs, corpus, cfg, anchor, opts, tmp / "mixtures.h5", progress)
-        manifest = _manifest(plan.specs, rows, opts, cfg, root)
-        manifest.to_parquet(tmp / "manifest.parquet", index=False, engine="pyarrow")
-        refs = [s.target for s in plan.specs] + [s.interferer for s in plan.specs if s.interferer] + \
-            [s.mixture for s in plan.specs if s.mixture]
-        build = {
-            "protocol": PROTOCOL,
-            "protocol_version": PROTOCOL_VERSION,
-            "dataset": opts.dataset,
-            "split": opts.split,
-            "seed": plan_seed(cfg, opts),
-            "virtual": virtual,
-            "options": {"per_class": opts.per_class or cfg.get("items_per_class"), "anchor": anchor,
-                        "sed_checkpoint": opts.sed_checkpoint},
-            "declaration": cfg,
-            "corpus": _fingerprint(refs, root),
-            "counts": {"items": len(manifest), "classes": sum(1 for c in plan.classes.values() if c.get("items")),
-                       "per_class": plan.classes, "notes": plan.notes},
-            "digest": items_digest(manifest),
-            "manifest_sha256": manifest_sha256(manifest),
-            "harness_version": harness.__version__,
-            "jobs": opts.jobs,
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        (tmp / "build.json").write_text(json.dumps(build, indent=2, sort_keys=True, default=str) + "\n")
+    needed = set_bytes(plan.specs, cfg, virtual)
+    check_free_space(out_dir.parent, needed)
+    try:
+        with atomic_dir(out_dir) as tmp:
+            if virtual:
+                rows = _virtual_rows(plan.specs, cfg, opts.jobs, progress)
+            else:
+                rows = _render_to_h5(plan.specs, corpus, cfg, anchor, opts, tmp / "mixtures.h5", progress)
+            manifest = _manifest(plan.specs, rows, opts, cfg, root)
+            manifest.to_parquet(tmp / "manifest.parquet", index=False, engine="pyarrow")
+            refs = [s.target for s in plan.specs] + [s.interferer for s in plan.specs if s.interferer] + \
+                [s.mixture for s in plan.specs if s.mixture]
+            build = {
+                "protocol": PROTOCOL,
+                "protocol_version": PROTOCOL_VERSION,
+                "dataset": opts.dataset,
+                "split": opts.split,
+                "seed": plan_seed(cfg, opts),
+                "virtual": virtual,
+                "options": {"per_class": opts.per_class or cfg.get("items_per_class"), "anchor": anchor,
+                            "sed_checkpoint": opts.sed_checkpoint},
+                "declaration": cfg,
+                "corpus": _fingerprint(refs, root),
+                "counts": {"items": len(manifest), "classes": sum(1 for c in plan.classes.values() if c.get("items")),
+                           "per_class": plan.classes, "notes": plan.notes},
+                "digest": items_digest(manifest),
+                "manifest_sha256": manifest_sha256(manifest),
+                "harness_version": harness.__version__,
+                "jobs": opts.jobs,
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            (tmp / "build.json").write_text(json.dumps(build, indent=2, sort_keys=True, default=str) + "\n")
+    except OSError as exc:  # h5py / pyarrow / json on a full disk; atomic_dir has removed the temporary set
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise no_space_error(out_dir.parent, needed, exc) from None
+        raise
     return build
+
+
+def set_bytes(specs: list[ItemSpec], cfg: dict, virtual: bool) -> int:
+    """The bytes a set of ``specs`` takes on disk, an upper estimate: ``mixtures.h5`` holds two float32
+    ``(N, L)`` arrays (uncompressed, 1-row chunks: + ~1 kB a row of HDF5 overhead), the manifest ≤ 1 kB a row."""
+    n = len(specs)
+    seg = int(round(cfg["sample_rate"] * cfg["segment_seconds"])) if not virtual else 0
+    return n * (2 * 4 * seg + 2048) + 65536
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    """Raise the "no space left" error before any work when ``folder``'s file system has less than ``needed``
+    bytes free (``folder`` is created).
+
+    Raises:
+        UssBenchError: :func:`harness.datasets.store.no_space_error`.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    if shutil.disk_usage(folder).free < needed:
+        raise no_space_error(folder, needed)
 
 
 def _render_to_h5(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor: str, opts: BuildOptions,
                   path: Path, progress: Callable | None) -> list[dict[str, Any]]:
-    """Render fixed-length items in parallel and stream them into ``mixtures.h5`` in spec order."""
+    """Render fixed-length items in parallel and stream them into ``mixtures.h5`` in spec order.
+
+    The file's bytes are reserved first (:func:`reserve_bytes`), so a full disk fails there, with a plain
+    ``OSError`` (ENOSPC) before HDF5 has written any row: HDF5 objects whose writes failed with ENOSPC
+    crashed the interpreter (a segfault) when they were released later (issue 15, defect 10). The
+    reservation beyond the file's end is cut off after closing (:func:`trim_hdf5`): the same bytes as an
+    unreserved write.
+    """
+    seg = int(round(cfg["sample_rate"] * cfg["segment_seconds"]))
+    with h5py.File(path, "w") as h5:
+        reserve_bytes(path, len(specs) * (2 * 4 * seg + 1024) + (1 << 20))
+        rows = _write_h5(h5, specs, corpus, cfg, anchor, opts, progress)
+    trim_hdf5(path)
+    return rows
+
+
+def reserve_bytes(path: Path, size: int) -> None:
+    """Allocate ``size`` bytes of disk for the file ``path`` (``posix_fallocate``; its size grows to ``size``
+    with zeros when smaller).
+
+    Raises:
+        OSError: ENOSPC / EDQUOT when the file system cannot hold them.
+    """
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
+
+
+def trim_hdf5(path: Path) -> None:
+    """Cut a closed HDF5 file to the end-of-file address its superblock records (versions 0-3), removing
+    bytes reserved past it; a file of another format is left as it is."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(48)
+    if len(head) < 48 or head[:8] != b"\x89HDF\r\n\x1a\n":
+        return
+    version = head[8]
+    if version in (0, 1) and head[13] == 8:  # size of offsets 8
+        offset = 40 + (4 if version == 1 else 0)
+    elif version in (2, 3) and head[9] == 8:
+        offset = 28
+    else:
+        return
+    eoa = struct.unpack("<Q", head[offset: offset + 8])[0]
+    if 0 < eoa < path.stat().st_size:
+        os.truncate(path, eoa)
+
+
+def _write_h5(h5: h5py.File, specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor: str, opts: BuildOptions,
+              progress: Callable | None) -> list[dict[str, Any]]:
     seg = int(round(cfg["sample_rate"] * cfg["segment_seconds"]))
     n = len(specs)
     batch = 16
     batches = [specs[i: i + batch] for i in range(0, n, batch)]
     rows: list[dict[str, Any]] = []
-    with h5py.File(path, "w") as h5:
-        h5.attrs["sample_rate"] = cfg["sample_rate"]
-        mix = h5.create_dataset("mixture", shape=(n, seg), dtype="float32", chunks=(1, seg))
-        tgt = h5.create_dataset("target", shape=(n, seg), dtype="float32", chunks=(1, seg))
-        if all(s.mixture is None for s in specs):  # clip corpora: decode each source once per window
-            write_mix, write_tgt = _RowWriter(mix), _RowWriter(tgt)
-            for start in range(0, n, RENDER_WINDOW):
-                window = specs[start: start + RENDER_WINDOW]
-                for mixture, target, row in _render_clip_window(window, corpus, cfg, anchor, opts):
-                    write_mix(len(rows), mixture)  # row by row, mixture then target: the file's chunk order
-                    write_tgt(len(rows), target)
-                    rows.append(row)
-                if progress:
-                    progress(len(rows), n)
-            return rows
-        results = parallel(opts.jobs, return_as="generator")(
-            delayed(_render_batch)(b, corpus, cfg, anchor, opts.sed_checkpoint) for b in batches
-        )
-        write_mix, write_tgt = _RowWriter(mix), _RowWriter(tgt)
-        for out in results:
-            for r in out:
-                write_mix(len(rows), r.pop("mixture"))
-                write_tgt(len(rows), r.pop("target"))
-                rows.append(r)
+    h5.attrs["sample_rate"] = cfg["sample_rate"]
+    mix = h5.create_dataset("mixture", shape=(n, seg), dtype="float32", chunks=(1, seg))
+    tgt = h5.create_dataset("target", shape=(n, seg), dtype="float32", chunks=(1, seg))
+    write_mix, write_tgt = _RowWriter(mix), _RowWriter(tgt)
+    if all(s.mixture is None for s in specs):  # clip corpora: decode each source once per window
+        for start in range(0, n, RENDER_WINDOW):
+            window = specs[start: start + RENDER_WINDOW]
+            for mixture, target, row in _render_clip_window(window, corpus, cfg, anchor, opts):
+                write_mix(len(rows), mixture)  # row by row, mixture then target: the file's chunk order
+                write_tgt(len(rows), target)
+                rows.append(row)
             if progress:
                 progress(len(rows), n)
+        return rows
+    results = parallel(opts.jobs, return_as="generator")(
+        delayed(_render_batch)(b, corpus, cfg, anchor, opts.sed_checkpoint) for b in batches
+    )
+    for out in results:
+        for r in out:
+            write_mix(len(rows), r.pop("mixture"))
+            write_tgt(len(rows), r.pop("target"))
+            rows.append(r)
+        if progress:
+            progress(len(rows), n)
     return rows
 
 

@@ -178,11 +178,17 @@ def resolve_root(dataset: str, root: str | Path | None = None, config: str | Pat
             cfg = Path(config)
             if cfg.is_file():
                 try:
-                    roots = tomllib.loads(cfg.read_text()).get("roots", {})
-                except tomllib.TOMLDecodeError as exc:
-                    raise ConfigError(f"{cfg}: {exc}") from exc
+                    roots = tomllib.loads(cfg.read_text(encoding="utf-8")).get("roots", {})
+                except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                    raise ConfigError(f"{cfg}: not valid TOML ({exc})") from exc
+                if not isinstance(roots, dict):
+                    raise ConfigError(f"{cfg}: `roots` must be a table ([roots] with `DATASET = \"DIR\"` lines), "
+                                      f"not a {type(roots).__name__}")
                 if dataset in roots:
                     root, source = roots[dataset], f"{cfg} [roots] {dataset}"
+                    if not isinstance(root, str) or not root:
+                        raise ConfigError(f"{cfg}: [roots] {dataset} must be a folder name (a string), "
+                                          f"not {root!r}")
     if root is None:
         raise ConfigError(
             f"no root for {dataset}: pass --root DIR, set USS_BENCH_{env_name(dataset)}_ROOT, "

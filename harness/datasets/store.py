@@ -139,6 +139,36 @@ def corpus_fingerprint(files: Iterable[Path], root: Path) -> dict[str, Any]:
     return {"root": str(root.resolve()), "files": len(files), "bytes": total, "sha256": h.hexdigest()}
 
 
+def check_output_folder(path: str | Path, option: str) -> Path:
+    """Refuse an output folder that is a file, or lies under one (``--out``, ``--workdir``).
+
+    Raises:
+        UssBenchError: naming the option and the file.
+    """
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UssBenchError(f"{option} {path}: {p} is a file, not a folder; name a folder (new or existing)")
+            break
+    return path
+
+
+def no_space_error(folder: Path, needed_bytes: int, exc: OSError | None = None) -> UssBenchError:
+    """The error of a write that found (or would find) the file system of ``folder`` full.
+
+    The message names the mount point, the free space and what the write needs (≈, in MB, rounded up).
+    """
+    mount = Path(folder).resolve()
+    while not mount.exists() or (not os.path.ismount(mount) and mount != mount.parent):
+        mount = mount.parent
+    free = shutil.disk_usage(mount).free
+    mb = -(-needed_bytes // 1_000_000)
+    detail = f" ({(str(exc).splitlines() or [''])[0][:120]})" if exc is not None else ""
+    return UssBenchError(f"no space left on {mount} for {folder} (needs ≈ {mb} MB, {free / 1e6:.1f} MB free){detail}; "
+                         "free some space or choose another --workdir")
+
+
 def _umask() -> int:
     """The process's umask (read by setting and restoring it; meanwhile 077, so a race only hides a file)."""
     mask = os.umask(0o077)
