@@ -219,10 +219,18 @@ def _read_checkpoint(path: str | Path, trust_pickle: bool = False) -> _Checkpoin
 def _unpickling_reason(exc: pickle.UnpicklingError) -> str:
     """The informative part of torch's weights-only refusal, e.g. ``it references __main__.TrainConfig``."""
     text = str(exc)
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    # torch ≤ 2.5: "Unsupported global: GLOBAL m.f was not an allowed global"; torch 2.6-2.13 also
+    # "Trying to load unsupported GLOBAL posix.system whose module posix is blocked."
+    found = re.search(r"unsupported global(?::\s*GLOBAL)?\s+(\S+)", text, flags=re.IGNORECASE)
     if found:
-        return f"it references {found.group(1)}"
-    detail = text.split("WeightsUnpickler error:", 1)[-1].strip()
+        blocked = re.search(r"whose module (\S+) is blocked", text)
+        return f"it references {found.group(1)}" + (f", from the blocked module {blocked.group(1)}" if blocked else "")
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip()
+    else:  # skip torch's generic preamble ("Weights only load failed. … In PyTorch 2.6, we changed …")
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if not ln.startswith(("Weights only load failed", "(1)", "(2)", "Check the "))),
+                      "")
     return detail.splitlines()[0] if detail else type(exc).__name__
 
 
@@ -334,20 +342,29 @@ def _foreign_keys(ckpt: _Checkpoint) -> list[str]:
 def _load_component(ckpt: _Checkpoint, component: str, module: nn.Module, what: str) -> None:
     """Check every key of ``component`` in ``ckpt`` against ``module`` and load it (strict).
 
+    Floating tensors of another precision (float64, float16, bfloat16) are cast, with a warning listing
+    them; integer or bool tensors for float weights (or floats for an integer buffer) are refused.
+
     Raises:
-        CheckpointError: one error listing all missing, unexpected and mis-shaped keys and mismatching
-            derived constants (keys as spelled in the file).
+        CheckpointError: one error listing all missing, unexpected, mis-shaped and wrongly typed keys and
+            mismatching derived constants (keys as spelled in the file).
     """
     layout = _layout(ckpt, component)
-    expected = {layout.file_key(k): (k, v.shape) for k, v in module.state_dict().items()}
+    expected = {layout.file_key(k): (k, v.shape, v.dtype) for k, v in module.state_dict().items()}
     relevant = [k for k in ckpt.tensors if k.startswith(layout.prefix) or k in layout.derived]
     state, unexpected, misshaped, wrong_constants, dropped = {}, list(_foreign_keys(ckpt)), [], [], []
+    wrong_kind, casts = [], []
     for key in relevant:
         if key in expected:
-            ours, shape = expected[key]
+            ours, shape, dtype = expected[key]
             tensor = ckpt.tensors[key]
             if tensor.shape != shape:
                 misshaped.append(f"{key} (file {list(tensor.shape)}, expected {list(shape)})")
+            if tensor.dtype != dtype:
+                if tensor.dtype.is_floating_point and dtype.is_floating_point:
+                    casts.append(f"{key} ({_dtype_name(tensor.dtype)} → {_dtype_name(dtype)})")
+                else:  # integer / bool weights cast to float (or floats into a counter): not a real checkpoint
+                    wrong_kind.append(f"{key} (file {_dtype_name(tensor.dtype)}, expected {_dtype_name(dtype)})")
             state[ours] = tensor
         elif key in layout.derived:
             problem = _check_derived(key, ckpt.tensors[key], layout.derived[key])
@@ -364,6 +381,7 @@ def _load_component(ckpt: _Checkpoint, component: str, module: nn.Module, what: 
             ("missing key(s)", missing),
             ("unexpected key(s)", unexpected),
             ("key(s) with the wrong shape", misshaped),
+            ("key(s) of an integer or bool dtype where a float is expected (or the reverse)", wrong_kind),
             ("derived constant(s) that differ from what uss-bench computes", wrong_constants),
         )
         if items
@@ -376,11 +394,18 @@ def _load_component(ckpt: _Checkpoint, component: str, module: nn.Module, what: 
             if len(items) > 50:
                 lines.append(f"    … and {len(items) - 50} more")
         raise CheckpointError("\n".join(lines))
+    if casts:
+        logger.warning("%s: %d tensor(s) of %s cast to the model's dtype, e.g. %s", ckpt.path, len(casts), what,
+                       "; ".join(casts[:3]))
     if dropped:
         logger.debug(
             "%s: dropped %d unused upstream tensors (decoder bn2 / ->beta2)", ckpt.path, len(dropped)
         )
     module.load_state_dict(state, strict=True)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _check_derived(key: str, stored: torch.Tensor, compute: Callable[[], torch.Tensor]) -> str | None:
