@@ -194,6 +194,8 @@ def resolve_root(dataset: str, root: str | Path | None = None, config: str | Pat
             f"no root for {dataset}: pass --root DIR, set USS_BENCH_{env_name(dataset)}_ROOT, "
             f'or add `{dataset} = "DIR"` under [roots] in uss-bench.toml'
         )
+    if not isinstance(root, str | os.PathLike) or not str(root):
+        raise ConfigError(f"the {dataset} root from {source} must be a folder name (a string), not {root!r}")
     path = Path(root).expanduser()
     if not path.is_dir():
         raise LayoutError(f"{dataset} root {path} (from {source}) does not exist or is not a directory")

@@ -257,7 +257,7 @@ class EvalSet:
 
     def read_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Read manifest rows ``rows`` (sorted int indices) from ``mixtures.h5``, each checked against its
-        manifest hashes (sha256 of the float32 bytes, ≈ 0.2 ms per 2-s row).
+        manifest hashes (sha256 of the float32 bytes: ≈ 0.2 ms per 256-kB array with SHA-NI, ≈ 0.4 ms per 2-s item).
 
         Returns:
             ``(mixture, target)``, each float32 ``(len(rows), L)``.

@@ -170,3 +170,13 @@ def test_read_only_output_folder(wd, tmp_path, capsys):
                         capsys)
     assert code == EXIT_USAGE
     assert json.loads((wd / SET / "build.json").read_text())["counts"]["items"] == 40
+
+
+@pytest.mark.parametrize("root", [5, ["a"], {"x": 1}, ""])
+def test_root_of_the_wrong_type_from_a_config(root):
+    """A TOML (e.g. a train config) giving a root as a number or list: TypeError in Path() before."""
+    from harness.datasets.base import resolve_root
+    from harness.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must be a folder name"):
+        resolve_root("fsd50k", root)
