@@ -184,6 +184,7 @@ def test_whole_track_file_edited_after_build_is_refused(dev_data, tmp_path, caps
     soundfile.write(track / "bass.flac", x[: len(x) // 4], sr, format="FLAC")
     code, err = run_cli(eval_args(wd, tmp_path / "run2", "musdb18"), capsys)
     assert code == EXIT_USAGE and "differ from those the set" in err, err
+    assert f"the first changed file is {track / 'drums.flac'} (item {track.name}/drums)" in err  # drums: edited too
 
 
 def test_whole_track_length_mismatch_is_a_status(dev_data, tmp_path, capsys):
