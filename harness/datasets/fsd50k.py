@@ -13,7 +13,15 @@ import csv
 from pathlib import Path
 
 from harness.audio import AudioRef
-from harness.datasets.base import Clip, Corpus, check_unique, listed_audio, listed_path, read_csv_rows, utf8_errors
+from harness.datasets.base import (
+    Clip,
+    Corpus,
+    check_unique,
+    listed_audio,
+    listed_path,
+    read_csv_rows,
+    utf8_errors,
+)
 from harness.errors import MetadataError
 
 GROUND_TRUTH = "FSD50K.ground_truth"

@@ -23,7 +23,14 @@ import pandas as pd
 
 import harness
 from harness.config import load_dataset_config
-from harness.datasets.store import MANIFEST_COLUMNS, array_sha256, atomic_dir, items_digest, manifest_sha256, set_dir
+from harness.datasets.store import (
+    MANIFEST_COLUMNS,
+    array_sha256,
+    atomic_dir,
+    items_digest,
+    manifest_sha256,
+    set_dir,
+)
 from harness.errors import ConfigError
 
 
