@@ -212,16 +212,24 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file through a temporary name and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: no half-written temporary file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
     """Write a Parquet file (pyarrow) through a temporary name and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.to_parquet(tmp, index=False, engine="pyarrow")
-    os.replace(tmp, path)
+    try:
+        df.to_parquet(tmp, index=False, engine="pyarrow")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass

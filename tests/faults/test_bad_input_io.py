@@ -180,3 +180,20 @@ def test_root_of_the_wrong_type_from_a_config(root):
 
     with pytest.raises(ConfigError, match="must be a folder name"):
         resolve_root("fsd50k", root)
+
+
+def test_atomic_writes_leave_no_temporary_file_on_a_full_disk(tmp_path):
+    """A write that fails (ENOSPC on a 64-kB tmpfs) removes its ``.NAME.tmp-PID`` file; the final name
+    keeps its previous content."""
+    import pandas as pd
+
+    from harness.datasets.store import atomic_write_parquet, atomic_write_text
+
+    with tmpfs(tmp_path / "tiny", size="64k") as disk:
+        atomic_write_text(disk / "a.txt", "old\n")
+        with pytest.raises(OSError):
+            atomic_write_text(disk / "a.txt", "x" * 200_000)
+        with pytest.raises(OSError):
+            atomic_write_parquet(pd.DataFrame({"x": [str(i) * 50 for i in range(20_000)]}), disk / "b.parquet")
+        assert sorted(p.name for p in disk.iterdir()) == ["a.txt"]
+        assert (disk / "a.txt").read_text() == "old\n"
