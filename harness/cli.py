@@ -377,14 +377,20 @@ def report(
 def compare(
     base: Annotated[Path, typer.Argument(help="baseline run folder (or items.parquet)")],
     candidate: Annotated[Path, typer.Argument(help="candidate run folder (or items.parquet)")],
-    tolerance_db: Annotated[float, typer.Option(help="allowed drop of any aggregate (dB; MOS for PESQ)")] = 0.1,
+    tolerance_db: Annotated[float, typer.Option(help="allowed drop of any aggregate, finite and ≥ 0 (dB; MOS for PESQ)")] = 0.1,
     two_sided: Annotated[bool, typer.Option(help="any change beyond the tolerance fails, not only drops")] = False,
+    allow_missing: Annotated[bool, typer.Option(
+        help="items or datasets of BASE that CANDIDATE lacks do not fail the comparison (they are listed)")] = False,
+    allow_different_sets: Annotated[bool, typer.Option(
+        help="compare even when the runs evaluated a dataset on sets with different build digests")] = False,
     update: Annotated[bool, typer.Option(help="after comparing, make CANDIDATE the new baseline in BASE (a folder)")] = False,
 ) -> None:
-    """Compare two runs item by item; exit 1 when an aggregate drops by more than the tolerance."""
+    """Compare two runs item by item; exit 1 when an aggregate drops by more than the tolerance or the
+    candidate lacks items of the baseline; exit 2 for runs on different sets."""
     from harness.reports import write_baseline
 
-    failed = print_comparison(base, candidate, tolerance_db, two_sided)
+    failed = print_comparison(base, candidate, tolerance_db, two_sided, allow_missing=allow_missing,
+                              allow_different_sets=allow_different_sets)
     if update:
         write_baseline(candidate, base)
         console.print(f"baseline {base} updated from {candidate}: review and commit {base}/aggregates.csv and summary.md")
@@ -393,26 +399,45 @@ def compare(
         raise typer.Exit(EXIT_REGRESSION)
 
 
-def print_comparison(base: Path, candidate: Path, tolerance_db: float, two_sided: bool) -> bool:
-    """Print the comparison table; return True when it finds a regression (or, two-sided, a change)."""
+def _num(x: float, fmt: str = ".3f") -> str:
+    return f"{x:{fmt}}" if x == x else "—"  # NaN: a metric not computed (or missing)
+
+
+def print_comparison(base: Path, candidate: Path, tolerance_db: float, two_sided: bool, *,
+                     allow_missing: bool = False, allow_different_sets: bool = False) -> bool:
+    """Print the comparison table; return True when it finds a regression (or, two-sided, a change), an
+    item that stopped scoring, or (unless ``allow_missing``) baseline items the candidate lacks."""
     from harness.reports import compare_runs
 
-    cmp = compare_runs(base, candidate, tolerance_db, two_sided=two_sided)
+    cmp = compare_runs(base, candidate, tolerance_db, two_sided=two_sided, allow_missing=allow_missing,
+                       allow_different_sets=allow_different_sets)
     kind = "change" if two_sided else "drop"
     table = Table(title=f"compare {candidate} with {base} (allowed {kind}: {tolerance_db})")
     for col in ("system", "dataset", "condition", "metric", "aggregate", "items", "base", "candidate", "delta", ""):
         table.add_column(col, justify="right" if col in ("items", "base", "candidate", "delta") else "left")
     bad_rows = set(cmp.regressions.index) if len(cmp.regressions) else set()
     for idx, r in zip(cmp.table.index, cmp.table.itertuples(), strict=True):
-        table.add_row(escape(r.system), r.dataset, r.condition, r.metric, r.aggregate, str(r.items), f"{r.base:.3f}",
-                      f"{r.candidate:.3f}", f"{r.delta:+.3f}", "[red]REGRESSION[/red]" if idx in bad_rows else "ok")
+        verdict = "[red]REGRESSION[/red]" if idx in bad_rows else "ok"
+        if r.note:
+            verdict += f" ({r.note})"
+        table.add_row(escape(r.system), r.dataset, r.condition, r.metric, r.aggregate, str(r.items), _num(r.base),
+                      _num(r.candidate), _num(r.delta, "+.3f"), verdict)
     console.print(table)
     for k, v in cmp.unpaired.items():
         if v:
-            console.print(f"  {k}: {v} row(s)")
+            console.print(f"  {escape(k)}: {v} row(s)")
+    if cmp.missing:
+        what = f"{cmp.missing} item row(s) of the baseline" + (
+            f", among them every row of {', '.join(cmp.missing_datasets)}" if cmp.missing_datasets else "")
+        if allow_missing:
+            console.print(f"the candidate lacks {what} (allowed: --allow-missing)")
+        else:
+            err.print(f"[red]the candidate lacks {escape(what)}: a regression (pass --allow-missing if "
+                      "intended)[/red]")
     if len(cmp.regressions) or cmp.newly_failing:
         err.print(f"[red]{len(cmp.regressions)} aggregate(s) beyond the allowed {kind} of {tolerance_db}; "
                   f"{cmp.newly_failing} item(s) stopped scoring[/red]")
+    if cmp.failed:
         return True
     console.print("no regression")
     return False
