@@ -223,6 +223,8 @@ def eval_cmd(
     part_items: Annotated[int, typer.Option(
         min=1, help="rows per part file in <out>/parts; a part is written every N rows or every minute, whichever "
              "comes first, so a killed run loses little")] = 256,
+    break_lock: Annotated[bool, typer.Option(
+        help="remove a stale <out>/eval.lock left by a killed eval (never one whose process runs)")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a baseline or a checkpoint; write items.parquet, summary.md and run.json.
@@ -258,7 +260,7 @@ def eval_cmd(
         run_dir = out or Path("reports") / system.name.replace(":", "-")
         opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, batch_size=batch_size, jobs=jobs,
                            limit=limit, resume=resume, executor=executor, scheduler=scheduler,
-                           part_items=part_items, extra={"device": ranks.device(device),
+                           part_items=part_items, break_lock=break_lock, extra={"device": ranks.device(device),
                                                          **({} if baseline else {"condition": condition})})
         opts.check()
         with _progress(quiet or not ranks.is_main) as update:

@@ -205,6 +205,8 @@ class EvalOptions:
     scheduler: str | None = None
     part_items: int = PART_ITEMS
     extra: dict[str, Any] = field(default_factory=dict)
+    break_lock: bool = False
+    """Remove a stale ``<out>/eval.lock`` of a killed run first (:mod:`harness.runlock`)."""
 
     def check(self) -> None:
         """Raise ConfigError for a batch size, limit or part size below 1, or bad executor options."""
@@ -657,6 +659,21 @@ def merge_parts(out: str | Path, evalset: EvalSet, conditions: Sequence[str], li
 
 def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, int], None] | None = None,
              ranks: Ranks | None = None) -> dict[str, Any] | None:
+    """:func:`_run_eval_locked` holding the run folder's lock ``<out>/eval.lock`` (:mod:`harness.runlock`).
+
+    Raises:
+        harness.runlock.RunLocked: another eval holds ``opts.out`` (or a stale lock and not
+            ``opts.break_lock``); nothing in the folder is touched then.
+    """
+    from harness.runlock import locked
+
+    opts.check()
+    with locked(Path(opts.out), opts.break_lock, ranks or Ranks()):
+        return _run_eval_locked(system, opts, progress, ranks)
+
+
+def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str, int, int], None] | None = None,
+                     ranks: Ranks | None = None) -> dict[str, Any] | None:
     """Evaluate ``system`` on every dataset of ``opts`` and write ``items.parquet`` + ``run.json``.
 
     Rows go to part files as they complete (layout and resume rules: module docstring); the final

@@ -72,3 +72,25 @@ def cli(tmp_path):
                               cwd=cwd or tmp_path, timeout=timeout, env={**os.environ, **(env or {})})
 
     return run
+
+
+@pytest.fixture(scope="session")
+def fsd50k_workdir(dev_data, tmp_path_factory):
+    """A workdir with a small fsd50k test set (one item per class, 25 two-second items) built from the dev
+    layout."""
+    from harness.mixtures import BuildOptions, build_mixtures
+
+    wd = tmp_path_factory.mktemp("faults-work")
+    build_mixtures(dev_data / "fsd50k", wd, BuildOptions("fsd50k", per_class=1, jobs=1))
+    return wd
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The PID of a process that has exited (and was reaped), for stale-lock cases."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
