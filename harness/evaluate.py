@@ -38,8 +38,9 @@ are kept and only the others are evaluated (a unit with some rows done is separa
 estimates, and only its missing rows are scored); without it the dataset's parts are removed first.
 Resuming into parts written for another system, checkpoint or build raises :class:`UssBenchError`.
 ``items.parquet`` is the merge of the parts: rows of the manifest (``--limit``) only, in condition
-order then manifest order; a duplicate row (e.g. two runs writing into one folder at once) is dropped,
-keeping the first in part-file order, and logged. ``run.json`` says per dataset how many rows were
+order then manifest order; a duplicate row that agrees with the first (same metrics and status) is
+dropped, keeping the first in part-file order, and logged; duplicates that disagree, a part without a
+column of the schema, or a part of another dataset are refused (the error names the part file). ``run.json`` says per dataset how many rows were
 resumed, computed and dropped.
 
 **Ranks.** Under ``torchrun`` unit ``k`` goes to rank ``k % WORLD_SIZE`` (blocks for fixed-length
@@ -265,16 +266,60 @@ def _read_part(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
         raise UssBenchError(f"part file {path} is unreadable ({exc}); delete it and rerun with --resume") from exc
 
 
+def check_part_schema(path: Path, columns: Iterable[str], dtypes: dict[str, Any] | None = None) -> None:
+    """Refuse a part file that lacks a column of :data:`ITEM_COLUMNS` or has a non-numeric metric column.
+
+    A part is trusted by ``--resume`` as rows already scored; without a metric column its rows would
+    merge as NaN with status ``ok`` (issue 15 #18).
+
+    Args:
+        path: the part file (named in the error).
+        columns: its column names.
+        dtypes: ``{column: dtype}`` when known (a read frame), to check the metric columns are numeric.
+
+    Raises:
+        UssBenchError: names the file and the missing or mistyped columns; says to delete it and resume.
+    """
+    missing = [c for c in ITEM_COLUMNS if c not in set(columns)]
+    bad = [c for c in METRIC_COLUMNS if dtypes and c in dtypes and not pd.api.types.is_numeric_dtype(dtypes[c])]
+    if missing or bad:
+        what = (f"lacks column(s) {', '.join(missing)}" if missing else "") + (
+            f"{'; ' if missing else ''}non-numeric metric column(s) {', '.join(bad)}" if bad else "")
+        raise UssBenchError(f"part file {path} {what}: it was not written by this version of uss-bench eval "
+                            "(or was edited); delete it and rerun with --resume to score its items again")
+
+
 def done_items(out: str | Path, dataset: str, condition: str) -> set[str]:
     """Item ids that already have a row in the parts of (dataset, condition).
 
     Raises:
-        UssBenchError: a part file cannot be read (names it).
+        UssBenchError: a part file cannot be read, or lacks a column of the run's schema (names it).
     """
     ids: set[str] = set()
     for path in part_files(parts_dir(out, dataset, condition)):
+        try:
+            names = pq.read_schema(path).names
+        except (OSError, ValueError) as exc:
+            raise UssBenchError(f"part file {path} is unreadable ({exc}); delete it and rerun with --resume") from exc
+        check_part_schema(path, names)
         ids.update(_read_part(path, ["item_id"])["item_id"])
     return ids
+
+
+PART_VALUE_COLUMNS = (*METRIC_COLUMNS, "status")
+"""Columns that two rows of one (condition, item) must agree on; ``seconds`` and provenance may differ."""
+
+
+def _conflicting_duplicates(df: pd.DataFrame, rows: np.ndarray, firsts: np.ndarray) -> np.ndarray:
+    """Mask over ``rows``: the duplicate row differs from its key's first row in a value column
+    (NaN equals NaN; metric values compared exactly, as a rerun of the same item is bit-identical)."""
+    differ = np.zeros(len(rows), bool)
+    for col in PART_VALUE_COLUMNS:
+        values = df[col].to_numpy()
+        a, b = values[rows], values[firsts]
+        same = pd.isna(a) & pd.isna(b) | (a == b)
+        differ |= ~np.asarray(same, bool)
+    return differ
 
 
 class PartWriter:
@@ -613,19 +658,34 @@ def evaluate_set(system: System, evalset: EvalSet, opts: EvalOptions, common: di
     return {"computed": computed}
 
 
+def _check_part_frames(paths: list[Path], frames: list[pd.DataFrame], dataset: str) -> None:
+    """:func:`check_part_schema` on read parts, and that every row is of ``dataset``."""
+    for p, f in zip(paths, frames, strict=True):
+        check_part_schema(p, f.columns, f.dtypes.to_dict())
+        other = f["dataset"][f["dataset"] != dataset]
+        if len(other):
+            raise UssBenchError(f"part file {p} holds rows of dataset {other.iloc[0]!r}, not {dataset}; "
+                                "delete it and rerun with --resume")
+
+
 def merge_parts(out: str | Path, evalset: EvalSet, conditions: Sequence[str], limit: int | None = None
                 ) -> tuple[pd.DataFrame, int]:
     """The rows of one dataset from its parts: manifest items only, condition then manifest order.
 
     Returns:
-        ``(rows, duplicates dropped)``. Duplicates of (condition, item_id) keep the first row in part
-        order (rank, sequence) and are logged.
+        ``(rows, duplicates dropped)``. Duplicates of (condition, item_id) that agree on the metrics and
+        status keep the first row in part order (rank, sequence) and are logged.
 
     Raises:
-        UssBenchError: an item of the manifest (first ``limit``) has no row, or a part is unreadable.
+        UssBenchError: an item of the manifest (first ``limit``) has no row; a part is unreadable, lacks a
+            column of :data:`ITEM_COLUMNS` or holds another dataset's rows; duplicate rows disagree on a
+            metric or the status (names both part files).
     """
     manifest = evalset.manifest.iloc[:limit] if limit else evalset.manifest
-    frames = [_read_part(p) for c in conditions for p in part_files(parts_dir(out, evalset.dataset, c))]
+    paths = [p for c in conditions for p in part_files(parts_dir(out, evalset.dataset, c))]
+    frames = [_read_part(p) for p in paths]
+    _check_part_frames(paths, frames, evalset.dataset)
+    source = np.repeat(np.arange(len(frames)), [len(f) for f in frames]).astype(np.int64)
     df = pd.concat(frames, ignore_index=True) if frames else items_frame([])
     del frames  # memory: one copy of the rows at a time (peak RSS must not grow with the items, issue 5)
     # Each row's key (condition position × items + manifest position) through two hash lookups, then
@@ -639,12 +699,23 @@ def merge_parts(out: str | Path, evalset: EvalSet, conditions: Sequence[str], li
         log.info("%s: %d row(s) in the parts are outside this run's items; not merged", evalset.dataset,
                  int((~wanted).sum()))
     key = np.where(wanted, cond.astype(np.int64) * n + pos, -1)
-    keys, first = np.unique(key, return_index=True)
+    keys, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    first_of_row = first[inverse.reshape(-1)]
     keys, first = keys[keys >= 0], first[keys >= 0]
     n_dup = int(wanted.sum()) - len(keys)
     if n_dup:
         dup = wanted.copy()
         dup[first] = False
+        rows = np.flatnonzero(dup)
+        conflict = _conflicting_duplicates(df, rows, first_of_row[rows])
+        if conflict.any():
+            r = int(rows[np.flatnonzero(conflict)[0]])
+            f = int(first_of_row[r])
+            raise UssBenchError(
+                f"{parts_dir(out, evalset.dataset)}: {int(conflict.sum())} duplicate row(s) disagree with an "
+                f"earlier row of the same item (first: condition {df['condition'].iloc[r]}, "
+                f"{df['item_id'].iloc[r]} in part file {paths[source[r]]} vs {paths[source[f]]}); the parts are "
+                "not from one run: delete the wrong part file(s), or run without --resume to start over")
         log.warning("%s: %d duplicate row(s) in %s (e.g. %s); kept the first of each", evalset.dataset, n_dup,
                     parts_dir(out, evalset.dataset), df["item_id"].iloc[int(np.flatnonzero(dup)[0])])
     expected = n * len(conditions)
