@@ -224,7 +224,10 @@ def eval_cmd(
         min=1, help="rows per part file in <out>/parts; a part is written every N rows or every minute, whichever "
              "comes first, so a killed run loses little")] = 256,
     break_lock: Annotated[bool, typer.Option(
-        help="remove a stale <out>/eval.lock left by a killed eval (never one whose process runs)")] = False,
+        help="remove a stale <out>/eval.lock left by a killed eval (never one whose process runs; --resume "
+             "breaks a stale lock of this host by itself)")] = False,
+    strict: Annotated[bool, typer.Option(
+        help="exit 1 when every item of a dataset failed to score (no ok row)")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a baseline or a checkpoint; write items.parquet, summary.md and run.json.
@@ -274,6 +277,20 @@ def eval_cmd(
     console.print(f"items: {run_dir}/items.parquet ({sum(sum(c.values()) for c in run['counts'].values())} rows, "
                   f"{sum(v['computed'] for v in items.values())} computed now, "
                   f"{sum(v['resumed'] for v in items.values())} resumed), summary: {report.summary}")
+    _report_failed_datasets(run["counts"], strict)
+
+
+def _report_failed_datasets(counts: dict[str, dict[str, int]], strict: bool) -> None:
+    """Say which datasets have no ``ok`` row (every item failed); with ``strict`` exit 1."""
+    from harness.evaluate import datasets_without_ok
+
+    failed = datasets_without_ok(counts)
+    for dataset, c in failed.items():
+        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(c.items(), key=lambda kv: -kv[1]))
+        err.print(f"every item of {dataset} failed to score ({kinds}); see the status_detail column of "
+                  "items.parquet", style="red", highlight=False, markup=False)
+    if failed and strict:
+        raise typer.Exit(EXIT_REGRESSION)
 
 
 @app.command("embed-queries")
@@ -340,10 +357,12 @@ def separate(
         raise UssBenchError("pass only one of --levels, --class-ids and --query-audio")
     waveform = read_audio(audio, harness.SAMPLE_RATE)
     separator, query_net = load_separator_and_query_net(checkpoint, device)
+    _check_finite_weights(checkpoint, {"separator": separator, "query net": query_net})
     if query_audio:
         import soundfile
 
         est = separate_by_query_audio(separator, query_net, waveform, list(query_audio), batch_size=batch_size)
+        _check_finite_output(est, checkpoint, "the query-audio estimate")
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"{audio.stem}_query.wav"
         tmp = path.with_name(f".{path.name}.tmp.wav")
@@ -353,10 +372,43 @@ def separate(
         return
     tracks = separate_hierarchical(separator, query_net, waveform, levels=tuple(levels or (1, 2, 3)),
                                    class_ids=class_ids, batch_size=batch_size)
+    for track in tracks:  # all checked before any file is written
+        _check_finite_output(track.waveform, checkpoint, f"track {track.name!r}")
     paths = write_tracks(tracks, out)
     console.print(f"{len(paths)} track(s) of active sound classes → {out}")
     for p in paths:
         console.print(f"  {p.relative_to(out)}")
+
+
+def _check_finite_weights(checkpoint: Path, models: dict) -> None:
+    """Refuse a checkpoint with NaN/inf weights before separating (its output would be all NaN).
+
+    Raises:
+        UssBenchError: names the checkpoint, the component and the first non-finite tensor.
+    """
+    import torch
+
+    for what, model in models.items():
+        for name, tensor in model.state_dict().items():
+            if torch.is_floating_point(tensor) and not bool(torch.isfinite(tensor).all()):
+                raise UssBenchError(f"checkpoint {checkpoint}: the {what}'s tensor {name} has non-finite (NaN/inf) "
+                                    "values, so its output would be too; use another checkpoint (a diverged "
+                                    "training run writes such weights)")
+
+
+def _check_finite_output(waveform, checkpoint: Path, what: str) -> None:
+    """Refuse to write an estimate with NaN/inf samples (issue 15 #12: separate wrote an all-NaN WAV, exit 0).
+
+    Raises:
+        UssBenchError: names the output and the checkpoint; nothing is written.
+    """
+    import numpy as np
+
+    bad = int(np.size(waveform) - np.count_nonzero(np.isfinite(waveform)))
+    if bad:
+        raise UssBenchError(f"{what} has {bad} non-finite (NaN/inf) sample(s) of {np.size(waveform)}: the separator "
+                            f"of {checkpoint} produced them; nothing was written (check the checkpoint and "
+                            "--device)")
 
 
 @app.command()

@@ -89,7 +89,10 @@ from harness.scoring import score_batch as score_batch
 log = logging.getLogger(__name__)
 
 ITEM_COLUMNS = ("system", "dataset", "split", "condition", "item_id", "class_id", "label", *METRIC_COLUMNS,
-                "status", "seconds", "checkpoint_sha256", "harness_version", "git_revision")
+                "status", "status_detail", "seconds", "checkpoint_sha256", "harness_version", "git_revision")
+
+OPTIONAL_PART_COLUMNS = ("status_detail",)
+"""Columns of :data:`ITEM_COLUMNS` that parts written before they existed may lack (filled with ``""``)."""
 
 PART_ITEMS = 256
 """Default rows per part file (``--part-items``): the most work a killed run loses, in items."""
@@ -280,7 +283,7 @@ def check_part_schema(path: Path, columns: Iterable[str], dtypes: dict[str, Any]
     Raises:
         UssBenchError: names the file and the missing or mistyped columns; says to delete it and resume.
     """
-    missing = [c for c in ITEM_COLUMNS if c not in set(columns)]
+    missing = [c for c in ITEM_COLUMNS if c not in set(columns) and c not in OPTIONAL_PART_COLUMNS]
     bad = [c for c in METRIC_COLUMNS if dtypes and c in dtypes and not pd.api.types.is_numeric_dtype(dtypes[c])]
     if missing or bad:
         what = (f"lacks column(s) {', '.join(missing)}" if missing else "") + (
@@ -448,7 +451,7 @@ def _read_units(evalset: EvalSet, manifest: pd.DataFrame, cfg: dict, plan: list[
                 mix = corpus.read(AudioRef(evalset.corpus_root / row["mixture_file"]), cfg["sample_rate"])
                 ref = corpus.read(AudioRef(evalset.corpus_root / row["target_file"]), cfg["sample_rate"])
             except UssBenchError as exc:
-                unit.scored = [unscored(f"read_error: {exc}")]
+                unit.scored = [{**unscored("read_error"), "status_detail": str(exc)}]
             else:
                 n = min(len(mix), len(ref))
                 unit.mix, unit.ref = mix[None, :n], ref[None, :n]
@@ -724,6 +727,7 @@ def merge_parts(out: str | Path, evalset: EvalSet, conditions: Sequence[str], li
         c, i = divmod(int(missing[0]), n)
         raise UssBenchError(f"{parts_dir(out, evalset.dataset)}: {len(missing)} item(s) have no row "
                             f"(first: condition {conditions[c]}, {manifest['item_id'].iloc[i]}); rerun with --resume")
+    df = split_status(df)
     columns = [df.columns.get_loc(c) for c in ITEM_COLUMNS]
     return df.iloc[first, columns].reset_index(drop=True), n_dup
 
@@ -739,7 +743,7 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
     from harness.runlock import locked
 
     opts.check()
-    with locked(Path(opts.out), opts.break_lock, ranks or Ranks()):
+    with locked(Path(opts.out), opts.break_lock, ranks or Ranks(), resume=opts.resume):
         return _run_eval_locked(system, opts, progress, ranks)
 
 
@@ -830,12 +834,41 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
 
 
 def items_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Rows → the ``items.parquet`` frame with the canonical column order and dtypes."""
+    """Rows → the ``items.parquet`` frame with the canonical column order and dtypes (statuses split by
+    :func:`split_status`)."""
     df = pd.DataFrame.from_records(rows, columns=list(ITEM_COLUMNS))
     for c in (*METRIC_COLUMNS, "seconds"):
         df[c] = df[c].astype("float64")
     df["class_id"] = df["class_id"].astype("int64")
-    return df
+    return split_status(df)
+
+
+def split_status(df: pd.DataFrame) -> pd.DataFrame:
+    """``status`` reduced to its kind, the rest in ``status_detail`` (``""`` when none).
+
+    A status written as ``"kind: detail"`` (e.g. ``read_error: /data/x.wav is truncated``, as older
+    versions wrote it) becomes ``status = "kind"`` and ``status_detail = "detail"``, so that the summary's
+    status counts group by kind instead of one status per bad file (issue 15 #19). A status holds no
+    ``": "`` otherwise (``ok``, ``ref_silent``, ``pesq_too_long``...).
+    """
+    status = df["status"].astype(object)
+    detail = df["status_detail"] if "status_detail" in df.columns else pd.Series("", index=df.index)
+    detail = detail.astype(object).where(detail.notna(), "")
+    text = status.where(status.notna(), "").astype(str)
+    split = text.str.contains(": ", regex=False)
+    if split.any():
+        parts = text[split].str.split(": ", n=1)
+        status = status.copy()
+        status[split] = parts.str[0]
+        detail = detail.copy()
+        detail[split] = [d if d else rest for d, rest in zip(detail[split], parts.str[1], strict=True)]
+    return df.assign(status=status, status_detail=detail.astype(str))
+
+
+def datasets_without_ok(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The datasets of a run's ``run.json`` ``counts`` of which no row is ``ok`` (every item failed), with
+    their status counts; ``eval`` says so, and ``--strict`` makes it fail."""
+    return {d: c for d, c in counts.items() if sum(c.values()) and not c.get("ok", 0)}
 
 
 def versions() -> dict[str, str]:

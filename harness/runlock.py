@@ -6,8 +6,8 @@ first failed at its merge after doing all its work (issue 15 #5: data loss).
 The lock is the file ``<out>/eval.lock``, created exclusively (``O_CREAT | O_EXCL``, atomic on local
 file systems and NFSv3+), holding JSON ``{"pid", "host", "started", "command"}`` of its owner, and
 removed when the owner's run ends (also on an error or Ctrl-C). A lock left by a killed run is *stale*
-when its host is this host and its PID is no longer running; it is reported and can be broken with
-``--break-lock``. A lock of another host cannot be checked from here: ``--break-lock`` breaks it too
+when its host is this host and its PID is no longer running; it is reported, and broken by
+``--break-lock``, or by ``--resume`` (which keeps the killed run's rows: the usual way to continue it). A lock of another host cannot be checked from here: ``--break-lock`` breaks it too
 (the user vouches that the run there is gone). A lock whose owner is alive on this host is never broken.
 """
 
@@ -75,12 +75,16 @@ def lock_state(owner: dict[str, Any]) -> str:
     return "alive" if pid_alive(pid) else "stale"
 
 
-def acquire(out: Path, break_lock: bool = False) -> Path:
+def acquire(out: Path, break_lock: bool = False, resume: bool = False) -> Path:
     """Create ``<out>/eval.lock`` for this process.
 
     Args:
         out: the run folder (created when absent).
         break_lock: remove a stale lock (or one of another host) first.
+        resume: the run continues the folder's parts (``--resume``): a stale lock (its PID gone from this
+            host: the run being resumed was killed) is reported and broken without ``break_lock``, as
+            the rows it wrote are kept. Without ``resume`` the run would start the folder over, so a
+            stale lock needs ``break_lock``.
 
     Returns:
         the lock file's path.
@@ -107,13 +111,14 @@ def acquire(out: Path, break_lock: bool = False) -> Path:
             if state == "alive":
                 raise RunLocked(f"--out {out} is in use by another eval: {_owner_text(owner)} holds {path}; "
                                 "wait for it to finish, or use another --out") from None
-            if not break_lock:
+            if not (break_lock or (resume and state == "stale")):
                 why = ("its process is no longer running (a killed run)" if state == "stale"
                        else "it cannot be checked from this host")
                 raise RunLocked(f"--out {out} has a stale lock {path} left by {_owner_text(owner)}: {why}. "
-                                "If no eval is writing there, rerun with --break-lock (add --resume to keep "
-                                "its rows)") from None
-            log.warning("breaking the stale lock %s of %s (--break-lock)", path, _owner_text(owner))
+                                "If no eval is writing there, rerun with --resume to continue it (keeps its "
+                                "rows), or with --break-lock to start over") from None
+            log.warning("breaking the stale lock %s of %s (%s)", path, _owner_text(owner),
+                        "--break-lock" if break_lock else "its process is gone; --resume keeps its rows")
             path.unlink(missing_ok=True)
             continue
         except OSError as exc:
@@ -132,7 +137,7 @@ def release(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def locked(out: Path, break_lock: bool = False, ranks: Any = None) -> Iterator[Path | None]:
+def locked(out: Path, break_lock: bool = False, ranks: Any = None, resume: bool = False) -> Iterator[Path | None]:
     """Hold ``<out>/eval.lock`` for the block (rank 0 takes it; every rank learns whether it got it).
 
     Under torchrun the other ranks are told through ``ranks.gather`` and raise the same error, so that
@@ -145,7 +150,7 @@ def locked(out: Path, break_lock: bool = False, ranks: Any = None) -> Iterator[P
     path, error = None, None
     if is_main:
         try:
-            path = acquire(out, break_lock)
+            path = acquire(out, break_lock, resume)
         except UssBenchError as exc:
             error = exc
     if ranks is not None and ranks.world_size > 1:

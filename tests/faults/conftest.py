@@ -94,3 +94,28 @@ def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+@pytest.fixture(scope="session")
+def voicebank_workdir(dev_data, tmp_path_factory):
+    """A workdir with the dev Voicebank-Demand test set (17 whole utterances read from the corpus files)."""
+    from harness.mixtures import BuildOptions, build_mixtures
+
+    wd = tmp_path_factory.mktemp("faults-vb")
+    build_mixtures(dev_data / "voicebank-demand", wd, BuildOptions("voicebank-demand"))
+    return wd
+
+
+@pytest.fixture
+def run_cli():
+    """``run_cli(argv)``: ``uss-bench ARGV`` in this process (so monkeypatches apply); returns its exit code."""
+    from harness.cli import main
+
+    def run(argv: list) -> int:
+        try:
+            main([str(a) for a in argv])
+        except SystemExit as exc:
+            return int(exc.code or 0)
+        return 0
+
+    return run

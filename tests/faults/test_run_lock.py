@@ -59,6 +59,22 @@ def test_stale_lock_is_reported_and_broken_on_request(fsd50k_workdir, tmp_path, 
     assert len(pd.read_parquet(out / "items.parquet")) == 25 and not (out / LOCK_NAME).exists()
 
 
+def test_resume_breaks_a_stale_lock_and_says_so(fsd50k_workdir, tmp_path, cli, dead_pid):
+    out = tmp_path / "run"
+    _lock(out, dead_pid)  # the run being resumed was killed
+    r = cli("eval", "fsd50k", "--baseline", "mixture", "--workdir", fsd50k_workdir, "--out", out, "-q", "--resume")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "stale lock" in r.stderr and str(dead_pid) in r.stderr
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_resume_does_not_break_a_foreign_lock(fsd50k_workdir, tmp_path):
+    out = tmp_path / "run"
+    _lock(out, 1, host="some-other-host.invalid")
+    with pytest.raises(RunLocked, match="--break-lock"):
+        run_eval(MixtureBaseline(), EvalOptions(datasets=["fsd50k"], workdir=fsd50k_workdir, out=out, resume=True))
+
+
 def test_lock_of_another_host_needs_break_lock(fsd50k_workdir, tmp_path):
     out = tmp_path / "run"
     _lock(out, 1, host="some-other-host.invalid")
