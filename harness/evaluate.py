@@ -743,8 +743,25 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
     from harness.runlock import locked
 
     opts.check()
-    with locked(Path(opts.out), opts.break_lock, ranks or Ranks(), resume=opts.resume):
+    with locked(Path(opts.out), opts.break_lock, ranks or Ranks(), resume=opts.resume) as lock:
+        if lock is not None:  # rank 0, holding the folder: any temporary file in it is a killed run's
+            remove_stale_temps(Path(opts.out))
         return _run_eval_locked(system, opts, progress, ranks)
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Delete the temporary files (``.<name>.tmp-<pid>``) that a killed run left in the run folder and its
+    parts; call only while holding the folder's lock, when no other writer can own them.
+
+    Returns:
+        the removed paths (logged).
+    """
+    stale = [*out.glob(".*.tmp-*"), *out.glob("parts/*/.*.tmp-*"), *out.glob("parts/*/*/.*.tmp-*")]
+    for path in stale:
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            log.info("removed %s, left by a killed run", path)
+    return stale
 
 
 def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str, int, int], None] | None = None,
