@@ -21,7 +21,10 @@ A run folder holds ``config.toml`` (the resolved config), ``metrics.csv`` (step,
 SDRi), ``checkpoints/step_NNNNNNNN.safetensors`` (the model: a ``uss-bench/1`` file that ``eval``,
 ``embed-queries`` and ``separate`` load) with ``step_NNNNNNNN.state.safetensors`` beside it (optimizer
 and sampler state), ``model.safetensors`` (the latest model) and ``train.json`` (summary). ``--resume``
-continues from the latest complete checkpoint; on CPU it is bit-identical to an uninterrupted run.
+continues from the latest complete checkpoint; on CPU it is bit-identical to an uninterrupted run. A run
+killed before its first checkpoint starts over from step 0, with or without ``--resume``; resuming a run
+that already reached its steps rewrites ``train.json`` with its last loss (non-finite numbers are written as
+``null``: the file is strict JSON); ``--steps`` must be at least 1.
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) each rank draws its own batches (sampler streams
 keyed by rank), gradients are averaged by DDP (NCCL on CUDA, gloo on CPU) and BatchNorms are
