@@ -666,6 +666,8 @@ def train(cfg: TrainConfig, roots: dict[str, Path], out: Path, *, steps: int | N
         if started:
             log.warning("%s holds a run killed before its first checkpoint: starting it over from step 0", out)
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        if not resume or not (out / "config.toml").exists():  # `train --resume RUN` reads it, even before
+            atomic_write_text(out / "config.toml", cfg.to_toml())  # the first checkpoint
 
     data = TrainingData(cfg.sources, roots, cfg.cache_mb)
     size = condition_size(cfg, data.vocabulary)

@@ -112,3 +112,48 @@ def test_resume_past_the_steps_asked_is_refused(tiny, tmp_path):
     with pytest.raises(ConfigError, match="step 2, past the 1 steps"):
         train(cfg, roots, tmp_path / "run", steps=1, resume=True, progress=False)
     shutil.rmtree(tmp_path / "run")
+
+
+def _train_cli(*args, point=None, n=1, cwd=None):
+    import subprocess
+    import sys
+
+    driver = Path(__file__).with_name("kill_driver.py")
+    head = [sys.executable, str(driver), point, str(n), "--"] if point else [sys.executable, "-m", "harness"]
+    return subprocess.run([*head, "train", *map(str, args)], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def tiny4(tmp_path_factory):
+    """A 4-step recipe (checkpoints at 2 and 4) and the model of its uninterrupted CLI run."""
+    folder = tmp_path_factory.mktemp("train-ref")
+    cfg = folder / "tiny.toml"
+    cfg.write_text(TINY.replace("steps = 2\ncheckpoint_every = 2", "steps = 4\ncheckpoint_every = 2"))
+    ref = _train_cli("--config", cfg, "--out", folder / "ref", "--device", "cpu", "-q")
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+    return cfg, folder / "ref" / "model.safetensors"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("point", "n", "resume"), [
+    pytest.param("call:harness.train:_save", 1, True, id="before-first-checkpoint-resume"),
+    pytest.param("call:harness.train:_save", 1, False, id="before-first-checkpoint-restart"),
+    pytest.param("before-rename:step_*.state.safetensors", 1, True, id="mid-checkpoint-write"),
+    pytest.param("after-rename:step_*.state.safetensors", 1, True, id="after-first-checkpoint"),
+])
+def test_sigkill_then_rerun_gives_the_uninterrupted_model(tiny4, tmp_path, point, n, resume):
+    import signal
+
+    cfg, ref_model = tiny4
+    common = ("--device", "cpu", "-q")
+    run = tmp_path / "run"
+    killed = _train_cli("--config", cfg, "--out", run, *common, point=point, n=n)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    for path in run.rglob("*.safetensors"):  # nothing partial under a final name
+        if not path.name.startswith("."):
+            load_file(str(path))
+    again = _train_cli(*(["--resume", run] if resume else ["--config", cfg, "--out", run]), *common)
+    assert again.returncode == 0, again.stdout + again.stderr
+    want, got = load_file(str(ref_model)), load_file(str(run / "model.safetensors"))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    _strict_json(run / "train.json")
