@@ -101,7 +101,7 @@ def acquire(out: Path, break_lock: bool = False, resume: bool = False) -> Path:
     except OSError as exc:
         raise UssBenchError(f"cannot create the run folder {out}: {exc.strerror or exc}") from exc
     me = {"pid": os.getpid(), "host": socket.gethostname(),
-          "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "command": sys.argv}
+          "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "command": sys.argv}
     for _attempt in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
