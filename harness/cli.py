@@ -224,6 +224,11 @@ def eval_cmd(
     part_items: Annotated[int, typer.Option(
         min=1, help="rows per part file in <out>/parts; a part is written every N rows or every minute, whichever "
              "comes first, so a killed run loses little")] = 256,
+    break_lock: Annotated[bool, typer.Option(
+        help="remove a stale <out>/eval.lock left by a killed eval (never one whose process runs; --resume "
+             "breaks a stale lock of this host by itself)")] = False,
+    strict: Annotated[bool, typer.Option(
+        help="exit 1 when every item of a dataset failed to score (no ok row)")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a baseline or a checkpoint; write items.parquet, summary.md and run.json.
@@ -262,7 +267,7 @@ def eval_cmd(
         run_dir = out or Path("reports") / system.name.replace(":", "-")
         opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, batch_size=batch_size, jobs=jobs,
                            limit=limit, resume=resume, executor=executor, scheduler=scheduler,
-                           part_items=part_items, extra={"device": ranks.device(device),
+                           part_items=part_items, break_lock=break_lock, extra={"device": ranks.device(device),
                                                          **({} if baseline else {"condition": condition})})
         opts.check()
         with _progress(quiet or not ranks.is_main) as update:
@@ -276,6 +281,20 @@ def eval_cmd(
     console.print(f"items: {run_dir}/items.parquet ({sum(sum(c.values()) for c in run['counts'].values())} rows, "
                   f"{sum(v['computed'] for v in items.values())} computed now, "
                   f"{sum(v['resumed'] for v in items.values())} resumed), summary: {report.summary}")
+    _report_failed_datasets(run["counts"], strict)
+
+
+def _report_failed_datasets(counts: dict[str, dict[str, int]], strict: bool) -> None:
+    """Say which datasets have no ``ok`` row (every item failed); with ``strict`` exit 1."""
+    from harness.evaluate import datasets_without_ok
+
+    failed = datasets_without_ok(counts)
+    for dataset, c in failed.items():
+        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(c.items(), key=lambda kv: -kv[1]))
+        err.print(f"every item of {dataset} failed to score ({kinds}); see the status_detail column of "
+                  "items.parquet", style="red", highlight=False, markup=False)
+    if failed and strict:
+        raise typer.Exit(EXIT_REGRESSION)
 
 
 @app.command("embed-queries")
@@ -342,10 +361,12 @@ def separate(
         raise UssBenchError("pass only one of --levels, --class-ids and --query-audio")
     waveform = read_audio(audio, harness.SAMPLE_RATE)
     separator, query_net = load_separator_and_query_net(checkpoint, device)
+    _check_finite_weights(checkpoint, {"separator": separator, "query net": query_net})
     if query_audio:
         import soundfile
 
         est = separate_by_query_audio(separator, query_net, waveform, list(query_audio), batch_size=batch_size)
+        _check_finite_output(est, checkpoint, "the query-audio estimate")
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"{audio.stem}_query.wav"
         tmp = path.with_name(f".{path.name}.tmp.wav")
@@ -355,10 +376,43 @@ def separate(
         return
     tracks = separate_hierarchical(separator, query_net, waveform, levels=tuple(levels or (1, 2, 3)),
                                    class_ids=class_ids, batch_size=batch_size)
+    for track in tracks:  # all checked before any file is written
+        _check_finite_output(track.waveform, checkpoint, f"track {track.name!r}")
     paths = write_tracks(tracks, out)
     console.print(f"{len(paths)} track(s) of active sound classes → {out}")
     for p in paths:
         console.print(f"  {p.relative_to(out)}")
+
+
+def _check_finite_weights(checkpoint: Path, models: dict) -> None:
+    """Refuse a checkpoint with NaN/inf weights before separating (its output would be all NaN).
+
+    Raises:
+        UssBenchError: names the checkpoint, the component and the first non-finite tensor.
+    """
+    import torch
+
+    for what, model in models.items():
+        for name, tensor in model.state_dict().items():
+            if torch.is_floating_point(tensor) and not bool(torch.isfinite(tensor).all()):
+                raise UssBenchError(f"checkpoint {checkpoint}: the {what}'s tensor {name} has non-finite (NaN/inf) "
+                                    "values, so its output would be too; use another checkpoint (a diverged "
+                                    "training run writes such weights)")
+
+
+def _check_finite_output(waveform, checkpoint: Path, what: str) -> None:
+    """Refuse to write an estimate with NaN/inf samples (issue 15 #12: separate wrote an all-NaN WAV, exit 0).
+
+    Raises:
+        UssBenchError: names the output and the checkpoint; nothing is written.
+    """
+    import numpy as np
+
+    bad = int(np.size(waveform) - np.count_nonzero(np.isfinite(waveform)))
+    if bad:
+        raise UssBenchError(f"{what} has {bad} non-finite (NaN/inf) sample(s) of {np.size(waveform)}: the separator "
+                            f"of {checkpoint} produced them; nothing was written (check the checkpoint and "
+                            "--device)")
 
 
 @app.command()
@@ -381,14 +435,20 @@ def report(
 def compare(
     base: Annotated[Path, typer.Argument(help="baseline run folder (or items.parquet)")],
     candidate: Annotated[Path, typer.Argument(help="candidate run folder (or items.parquet)")],
-    tolerance_db: Annotated[float, typer.Option(help="allowed drop of any aggregate (dB; MOS for PESQ)")] = 0.1,
+    tolerance_db: Annotated[float, typer.Option(help="allowed drop of any aggregate, finite and ≥ 0 (dB; MOS for PESQ)")] = 0.1,
     two_sided: Annotated[bool, typer.Option(help="any change beyond the tolerance fails, not only drops")] = False,
+    allow_missing: Annotated[bool, typer.Option(
+        help="items or datasets of BASE that CANDIDATE lacks do not fail the comparison (they are listed)")] = False,
+    allow_different_sets: Annotated[bool, typer.Option(
+        help="compare even when the runs evaluated a dataset on sets with different build digests")] = False,
     update: Annotated[bool, typer.Option(help="after comparing, make CANDIDATE the new baseline in BASE (a folder)")] = False,
 ) -> None:
-    """Compare two runs item by item; exit 1 when an aggregate drops by more than the tolerance."""
+    """Compare two runs item by item; exit 1 when an aggregate drops by more than the tolerance or the
+    candidate lacks items of the baseline; exit 2 for runs on different sets."""
     from harness.reports import write_baseline
 
-    failed = print_comparison(base, candidate, tolerance_db, two_sided)
+    failed = print_comparison(base, candidate, tolerance_db, two_sided, allow_missing=allow_missing,
+                              allow_different_sets=allow_different_sets)
     if update:
         write_baseline(candidate, base)
         console.print(f"baseline {base} updated from {candidate}: review and commit {base}/aggregates.csv and summary.md")
@@ -397,26 +457,45 @@ def compare(
         raise typer.Exit(EXIT_REGRESSION)
 
 
-def print_comparison(base: Path, candidate: Path, tolerance_db: float, two_sided: bool) -> bool:
-    """Print the comparison table; return True when it finds a regression (or, two-sided, a change)."""
+def _num(x: float, fmt: str = ".3f") -> str:
+    return f"{x:{fmt}}" if x == x else "—"  # NaN: a metric not computed (or missing)
+
+
+def print_comparison(base: Path, candidate: Path, tolerance_db: float, two_sided: bool, *,
+                     allow_missing: bool = False, allow_different_sets: bool = False) -> bool:
+    """Print the comparison table; return True when it finds a regression (or, two-sided, a change), an
+    item that stopped scoring, or (unless ``allow_missing``) baseline items the candidate lacks."""
     from harness.reports import compare_runs
 
-    cmp = compare_runs(base, candidate, tolerance_db, two_sided=two_sided)
+    cmp = compare_runs(base, candidate, tolerance_db, two_sided=two_sided, allow_missing=allow_missing,
+                       allow_different_sets=allow_different_sets)
     kind = "change" if two_sided else "drop"
     table = Table(title=f"compare {candidate} with {base} (allowed {kind}: {tolerance_db})")
     for col in ("system", "dataset", "condition", "metric", "aggregate", "items", "base", "candidate", "delta", ""):
         table.add_column(col, justify="right" if col in ("items", "base", "candidate", "delta") else "left")
     bad_rows = set(cmp.regressions.index) if len(cmp.regressions) else set()
     for idx, r in zip(cmp.table.index, cmp.table.itertuples(), strict=True):
-        table.add_row(escape(r.system), r.dataset, r.condition, r.metric, r.aggregate, str(r.items), f"{r.base:.3f}",
-                      f"{r.candidate:.3f}", f"{r.delta:+.3f}", "[red]REGRESSION[/red]" if idx in bad_rows else "ok")
+        verdict = "[red]REGRESSION[/red]" if idx in bad_rows else "ok"
+        if r.note:
+            verdict += f" ({r.note})"
+        table.add_row(escape(r.system), r.dataset, r.condition, r.metric, r.aggregate, str(r.items), _num(r.base),
+                      _num(r.candidate), _num(r.delta, "+.3f"), verdict)
     console.print(table)
     for k, v in cmp.unpaired.items():
         if v:
-            console.print(f"  {k}: {v} row(s)")
+            console.print(f"  {escape(k)}: {v} row(s)")
+    if cmp.missing:
+        what = f"{cmp.missing} item row(s) of the baseline" + (
+            f", among them every row of {', '.join(cmp.missing_datasets)}" if cmp.missing_datasets else "")
+        if allow_missing:
+            console.print(f"the candidate lacks {what} (allowed: --allow-missing)")
+        else:
+            err.print(f"[red]the candidate lacks {escape(what)}: a regression (pass --allow-missing if "
+                      "intended)[/red]")
     if len(cmp.regressions) or cmp.newly_failing:
         err.print(f"[red]{len(cmp.regressions)} aggregate(s) beyond the allowed {kind} of {tolerance_db}; "
                   f"{cmp.newly_failing} item(s) stopped scoring[/red]")
+    if cmp.failed:
         return True
     console.print("no regression")
     return False

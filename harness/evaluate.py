@@ -38,8 +38,9 @@ are kept and only the others are evaluated (a unit with some rows done is separa
 estimates, and only its missing rows are scored); without it the dataset's parts are removed first.
 Resuming into parts written for another system, checkpoint or build raises :class:`UssBenchError`.
 ``items.parquet`` is the merge of the parts: rows of the manifest (``--limit``) only, in condition
-order then manifest order; a duplicate row (e.g. two runs writing into one folder at once) is dropped,
-keeping the first in part-file order, and logged. ``run.json`` says per dataset how many rows were
+order then manifest order; a duplicate row that agrees with the first (same metrics and status) is
+dropped, keeping the first in part-file order, and logged; duplicates that disagree, a part without a
+column of the schema, or a part of another dataset are refused (the error names the part file). ``run.json`` says per dataset how many rows were
 resumed, computed and dropped.
 
 **Ranks.** Under ``torchrun`` unit ``k`` goes to rank ``k % WORLD_SIZE`` (blocks for fixed-length
@@ -95,7 +96,10 @@ from harness.scoring import score_batch as score_batch
 log = logging.getLogger(__name__)
 
 ITEM_COLUMNS = ("system", "dataset", "split", "condition", "item_id", "class_id", "label", *METRIC_COLUMNS,
-                "status", "seconds", "checkpoint_sha256", "harness_version", "git_revision")
+                "status", "status_detail", "seconds", "checkpoint_sha256", "harness_version", "git_revision")
+
+OPTIONAL_PART_COLUMNS = ("status_detail",)
+"""Columns of :data:`ITEM_COLUMNS` that parts written before they existed may lack (filled with ``""``)."""
 
 PART_ITEMS = 256
 """Default rows per part file (``--part-items``): the most work a killed run loses, in items."""
@@ -212,6 +216,8 @@ class EvalOptions:
     scheduler: str | None = None
     part_items: int = PART_ITEMS
     extra: dict[str, Any] = field(default_factory=dict)
+    break_lock: bool = False
+    """Remove a stale ``<out>/eval.lock`` of a killed run first (:mod:`harness.runlock`)."""
 
     def check(self) -> None:
         """Raise ConfigError for a batch size, limit or part size below 1, or bad executor options."""
@@ -270,16 +276,60 @@ def _read_part(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
         raise UssBenchError(f"part file {path} is unreadable ({exc}); delete it and rerun with --resume") from exc
 
 
+def check_part_schema(path: Path, columns: Iterable[str], dtypes: dict[str, Any] | None = None) -> None:
+    """Refuse a part file that lacks a column of :data:`ITEM_COLUMNS` or has a non-numeric metric column.
+
+    A part is trusted by ``--resume`` as rows already scored; without a metric column its rows would
+    merge as NaN with status ``ok`` (issue 15 #18).
+
+    Args:
+        path: the part file (named in the error).
+        columns: its column names.
+        dtypes: ``{column: dtype}`` when known (a read frame), to check the metric columns are numeric.
+
+    Raises:
+        UssBenchError: names the file and the missing or mistyped columns; says to delete it and resume.
+    """
+    missing = [c for c in ITEM_COLUMNS if c not in set(columns) and c not in OPTIONAL_PART_COLUMNS]
+    bad = [c for c in METRIC_COLUMNS if dtypes and c in dtypes and not pd.api.types.is_numeric_dtype(dtypes[c])]
+    if missing or bad:
+        what = (f"lacks column(s) {', '.join(missing)}" if missing else "") + (
+            f"{'; ' if missing else ''}non-numeric metric column(s) {', '.join(bad)}" if bad else "")
+        raise UssBenchError(f"part file {path} {what}: it was not written by this version of uss-bench eval "
+                            "(or was edited); delete it and rerun with --resume to score its items again")
+
+
 def done_items(out: str | Path, dataset: str, condition: str) -> set[str]:
     """Item ids that already have a row in the parts of (dataset, condition).
 
     Raises:
-        UssBenchError: a part file cannot be read (names it).
+        UssBenchError: a part file cannot be read, or lacks a column of the run's schema (names it).
     """
     ids: set[str] = set()
     for path in part_files(parts_dir(out, dataset, condition)):
+        try:
+            names = pq.read_schema(path).names
+        except (OSError, ValueError) as exc:
+            raise UssBenchError(f"part file {path} is unreadable ({exc}); delete it and rerun with --resume") from exc
+        check_part_schema(path, names)
         ids.update(_read_part(path, ["item_id"])["item_id"])
     return ids
+
+
+PART_VALUE_COLUMNS = (*METRIC_COLUMNS, "status")
+"""Columns that two rows of one (condition, item) must agree on; ``seconds`` and provenance may differ."""
+
+
+def _conflicting_duplicates(df: pd.DataFrame, rows: np.ndarray, firsts: np.ndarray) -> np.ndarray:
+    """Mask over ``rows``: the duplicate row differs from its key's first row in a value column
+    (NaN equals NaN; metric values compared exactly, as a rerun of the same item is bit-identical)."""
+    differ = np.zeros(len(rows), bool)
+    for col in PART_VALUE_COLUMNS:
+        values = df[col].to_numpy()
+        a, b = values[rows], values[firsts]
+        same = pd.isna(a) & pd.isna(b) | (a == b)
+        differ |= ~np.asarray(same, bool)
+    return differ
 
 
 class PartWriter:
@@ -409,7 +459,7 @@ def _read_units(evalset: EvalSet, manifest: pd.DataFrame, cfg: dict, plan: list[
                 mix = corpus.read(AudioRef(evalset.corpus_root / row["mixture_file"]), cfg["sample_rate"])
                 ref = corpus.read(AudioRef(evalset.corpus_root / row["target_file"]), cfg["sample_rate"])
             except UssBenchError as exc:
-                unit.scored = [unscored(f"read_error: {exc}")]
+                unit.scored = [{**unscored("read_error"), "status_detail": str(exc)}]
             else:
                 unit.scored = [track_length_status(row, mix, ref)]
                 unit.mix, unit.ref = mix[None], ref[None]
@@ -619,19 +669,34 @@ def evaluate_set(system: System, evalset: EvalSet, opts: EvalOptions, common: di
     return {"computed": computed}
 
 
+def _check_part_frames(paths: list[Path], frames: list[pd.DataFrame], dataset: str) -> None:
+    """:func:`check_part_schema` on read parts, and that every row is of ``dataset``."""
+    for p, f in zip(paths, frames, strict=True):
+        check_part_schema(p, f.columns, f.dtypes.to_dict())
+        other = f["dataset"][f["dataset"] != dataset]
+        if len(other):
+            raise UssBenchError(f"part file {p} holds rows of dataset {other.iloc[0]!r}, not {dataset}; "
+                                "delete it and rerun with --resume")
+
+
 def merge_parts(out: str | Path, evalset: EvalSet, conditions: Sequence[str], limit: int | None = None
                 ) -> tuple[pd.DataFrame, int]:
     """The rows of one dataset from its parts: manifest items only, condition then manifest order.
 
     Returns:
-        ``(rows, duplicates dropped)``. Duplicates of (condition, item_id) keep the first row in part
-        order (rank, sequence) and are logged.
+        ``(rows, duplicates dropped)``. Duplicates of (condition, item_id) that agree on the metrics and
+        status keep the first row in part order (rank, sequence) and are logged.
 
     Raises:
-        UssBenchError: an item of the manifest (first ``limit``) has no row, or a part is unreadable.
+        UssBenchError: an item of the manifest (first ``limit``) has no row; a part is unreadable, lacks a
+            column of :data:`ITEM_COLUMNS` or holds another dataset's rows; duplicate rows disagree on a
+            metric or the status (names both part files).
     """
     manifest = evalset.manifest.iloc[:limit] if limit else evalset.manifest
-    frames = [_read_part(p) for c in conditions for p in part_files(parts_dir(out, evalset.dataset, c))]
+    paths = [p for c in conditions for p in part_files(parts_dir(out, evalset.dataset, c))]
+    frames = [_read_part(p) for p in paths]
+    _check_part_frames(paths, frames, evalset.dataset)
+    source = np.repeat(np.arange(len(frames)), [len(f) for f in frames]).astype(np.int64)
     df = pd.concat(frames, ignore_index=True) if frames else items_frame([])
     del frames  # memory: one copy of the rows at a time (peak RSS must not grow with the items, issue 5)
     # Each row's key (condition position × items + manifest position) through two hash lookups, then
@@ -645,12 +710,23 @@ def merge_parts(out: str | Path, evalset: EvalSet, conditions: Sequence[str], li
         log.info("%s: %d row(s) in the parts are outside this run's items; not merged", evalset.dataset,
                  int((~wanted).sum()))
     key = np.where(wanted, cond.astype(np.int64) * n + pos, -1)
-    keys, first = np.unique(key, return_index=True)
+    keys, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    first_of_row = first[inverse.reshape(-1)]
     keys, first = keys[keys >= 0], first[keys >= 0]
     n_dup = int(wanted.sum()) - len(keys)
     if n_dup:
         dup = wanted.copy()
         dup[first] = False
+        rows = np.flatnonzero(dup)
+        conflict = _conflicting_duplicates(df, rows, first_of_row[rows])
+        if conflict.any():
+            r = int(rows[np.flatnonzero(conflict)[0]])
+            f = int(first_of_row[r])
+            raise UssBenchError(
+                f"{parts_dir(out, evalset.dataset)}: {int(conflict.sum())} duplicate row(s) disagree with an "
+                f"earlier row of the same item (first: condition {df['condition'].iloc[r]}, "
+                f"{df['item_id'].iloc[r]} in part file {paths[source[r]]} vs {paths[source[f]]}); the parts are "
+                "not from one run: delete the wrong part file(s), or run without --resume to start over")
         log.warning("%s: %d duplicate row(s) in %s (e.g. %s); kept the first of each", evalset.dataset, n_dup,
                     parts_dir(out, evalset.dataset), df["item_id"].iloc[int(np.flatnonzero(dup)[0])])
     expected = n * len(conditions)
@@ -659,12 +735,45 @@ def merge_parts(out: str | Path, evalset: EvalSet, conditions: Sequence[str], li
         c, i = divmod(int(missing[0]), n)
         raise UssBenchError(f"{parts_dir(out, evalset.dataset)}: {len(missing)} item(s) have no row "
                             f"(first: condition {conditions[c]}, {manifest['item_id'].iloc[i]}); rerun with --resume")
+    df = split_status(df)
     columns = [df.columns.get_loc(c) for c in ITEM_COLUMNS]
     return df.iloc[first, columns].reset_index(drop=True), n_dup
 
 
 def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, int], None] | None = None,
              ranks: Ranks | None = None) -> dict[str, Any] | None:
+    """:func:`_run_eval_locked` holding the run folder's lock ``<out>/eval.lock`` (:mod:`harness.runlock`).
+
+    Raises:
+        harness.runlock.RunLocked: another eval holds ``opts.out`` (or a stale lock and not
+            ``opts.break_lock``); nothing in the folder is touched then.
+    """
+    from harness.runlock import locked
+
+    opts.check()
+    with locked(Path(opts.out), opts.break_lock, ranks or Ranks(), resume=opts.resume) as lock:
+        if lock is not None:  # rank 0, holding the folder: any temporary file in it is a killed run's
+            remove_stale_temps(Path(opts.out))
+        return _run_eval_locked(system, opts, progress, ranks)
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Delete the temporary files (``.<name>.tmp-<pid>``) that a killed run left in the run folder and its
+    parts; call only while holding the folder's lock, when no other writer can own them.
+
+    Returns:
+        the removed paths (logged).
+    """
+    stale = [*out.glob(".*.tmp-*"), *out.glob("parts/*/.*.tmp-*"), *out.glob("parts/*/*/.*.tmp-*")]
+    for path in stale:
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            log.info("removed %s, left by a killed run", path)
+    return stale
+
+
+def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str, int, int], None] | None = None,
+                     ranks: Ranks | None = None) -> dict[str, Any] | None:
     """Evaluate ``system`` on every dataset of ``opts`` and write ``items.parquet`` + ``run.json``.
 
     Rows go to part files as they complete (layout and resume rules: module docstring); the final
@@ -750,12 +859,41 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
 
 
 def items_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Rows → the ``items.parquet`` frame with the canonical column order and dtypes."""
+    """Rows → the ``items.parquet`` frame with the canonical column order and dtypes (statuses split by
+    :func:`split_status`)."""
     df = pd.DataFrame.from_records(rows, columns=list(ITEM_COLUMNS))
     for c in (*METRIC_COLUMNS, "seconds"):
         df[c] = df[c].astype("float64")
     df["class_id"] = df["class_id"].astype("int64")
-    return df
+    return split_status(df)
+
+
+def split_status(df: pd.DataFrame) -> pd.DataFrame:
+    """``status`` reduced to its kind, the rest in ``status_detail`` (``""`` when none).
+
+    A status written as ``"kind: detail"`` (e.g. ``read_error: /data/x.wav is truncated``, as older
+    versions wrote it) becomes ``status = "kind"`` and ``status_detail = "detail"``, so that the summary's
+    status counts group by kind instead of one status per bad file (issue 15 #19). A status holds no
+    ``": "`` otherwise (``ok``, ``ref_silent``, ``pesq_too_long``...).
+    """
+    status = df["status"].astype(object)
+    detail = df["status_detail"] if "status_detail" in df.columns else pd.Series("", index=df.index)
+    detail = detail.astype(object).where(detail.notna(), "")
+    text = status.where(status.notna(), "").astype(str)
+    split = text.str.contains(": ", regex=False)
+    if split.any():
+        parts = text[split].str.split(": ", n=1)
+        status = status.copy()
+        status[split] = parts.str[0]
+        detail = detail.copy()
+        detail[split] = [d if d else rest for d, rest in zip(detail[split], parts.str[1], strict=True)]
+    return df.assign(status=status, status_detail=detail.astype(str))
+
+
+def datasets_without_ok(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The datasets of a run's ``run.json`` ``counts`` of which no row is ``ok`` (every item failed), with
+    their status counts; ``eval`` says so, and ``--strict`` makes it fail."""
+    return {d: c for d, c in counts.items() if sum(c.values()) and not c.get("ok", 0)}
 
 
 def versions() -> dict[str, str]:

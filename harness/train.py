@@ -21,7 +21,10 @@ A run folder holds ``config.toml`` (the resolved config), ``metrics.csv`` (step,
 SDRi), ``checkpoints/step_NNNNNNNN.safetensors`` (the model: a ``uss-bench/1`` file that ``eval``,
 ``embed-queries`` and ``separate`` load) with ``step_NNNNNNNN.state.safetensors`` beside it (optimizer
 and sampler state), ``model.safetensors`` (the latest model) and ``train.json`` (summary). ``--resume``
-continues from the latest complete checkpoint; on CPU it is bit-identical to an uninterrupted run.
+continues from the latest complete checkpoint; on CPU it is bit-identical to an uninterrupted run. A run
+killed before its first checkpoint starts over from step 0, with or without ``--resume``; resuming a run
+that already reached its steps rewrites ``train.json`` with its last loss (non-finite numbers are written as
+``null``: the file is strict JSON); ``--steps`` must be at least 1.
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) each rank draws its own batches (sampler streams
 keyed by rank), gradients are averaged by DDP (NCCL on CUDA, gloo on CPU) and BatchNorms are
@@ -31,6 +34,7 @@ Rank 0 validates, logs and writes checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -653,12 +657,17 @@ def train(cfg: TrainConfig, roots: dict[str, Path], out: Path, *, steps: int | N
             torch.cuda.set_device(dev)
         if not tdist.is_initialized():
             tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    total_steps = int(steps or cfg.steps)
+    total_steps = check_steps(cfg.steps if steps is None else steps)
     out = Path(out)
+    started = _started_without_checkpoint(out)  # before this run creates anything
     if rank == 0:
-        if not resume and (out / "metrics.csv").exists():
+        if not resume and latest_checkpoint(out) is not None:
             raise ConfigError(f"{out} already holds a training run; pass --resume {out} or choose another --out")
+        if started:
+            log.warning("%s holds a run killed before its first checkpoint: starting it over from step 0", out)
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        if not resume or not (out / "config.toml").exists():  # `train --resume RUN` reads it, even before
+            atomic_write_text(out / "config.toml", cfg.to_toml())  # the first checkpoint
 
     data = TrainingData(cfg.sources, roots, cfg.cache_mb)
     size = condition_size(cfg, data.vocabulary)
@@ -674,7 +683,7 @@ def train(cfg: TrainConfig, roots: dict[str, Path], out: Path, *, steps: int | N
     model = ResUNet30(size, cfg.channels, cfg.condition, n_fft=cfg.n_fft)
     start_step, history = 0, []
     found = latest_checkpoint(out) if resume else None
-    if resume and found is None:
+    if resume and found is None and not started:
         raise CheckpointError(f"--resume {out}: no complete checkpoint (model + state files) in {out}/checkpoints; "
                               "start the run without --resume")
     state_meta = None
@@ -691,6 +700,9 @@ def train(cfg: TrainConfig, roots: dict[str, Path], out: Path, *, steps: int | N
             raise CheckpointError(f"{state_file} was written by {state_meta['world_size']} rank(s); "
                                   f"resume with the same number (now {world})")
         sampler.load_state(state_meta["samplers"][rank])
+        if start_step > total_steps:
+            raise ConfigError(f"--resume {out}: its newest checkpoint is at step {start_step}, past the {total_steps} "
+                              f"steps asked for; pass --steps {start_step} or more")
     model = model.to(dev).train()
     trainable: nn.Module = model
     if distributed:
@@ -760,6 +772,8 @@ def train(cfg: TrainConfig, roots: dict[str, Path], out: Path, *, steps: int | N
         if bar:
             bar[0].stop()
     seconds = elapsed0 + time.perf_counter() - t0
+    if found and start_step == total_steps:  # a finished run resumed: no step ran, report its last ones
+        last_loss, val_sdri = _finished_run_summary(found[1], history)
     digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in model.parameters())).hexdigest()
     digests = [digest]
     if distributed:
@@ -778,13 +792,56 @@ def train(cfg: TrainConfig, roots: dict[str, Path], out: Path, *, steps: int | N
             "parameter_sha256_per_rank": digests, "classes": len(data.classes), "clips": len(data.clips),
             "harness_version": harness.__version__, "torch": torch.__version__,
         }
-        atomic_write_text(out / "train.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out / "train.json", json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
     if distributed:
         import torch.distributed as tdist
 
         tdist.barrier()
         tdist.destroy_process_group()
     return TrainResult(out, total_steps, last_loss, val_sdri, seconds, final)
+
+
+def check_steps(steps: int) -> int:
+    """``steps`` (total steps to reach) as an int ≥ 1.
+
+    Raises:
+        ConfigError: 0 or negative (``--steps 0`` used to mean the config's steps, silently).
+    """
+    if int(steps) < 1:
+        raise ConfigError(f"--steps {steps}: the total number of steps must be at least 1 (omit --steps for the "
+                          "config's [run] steps)")
+    return int(steps)
+
+
+def _started_without_checkpoint(out: Path) -> bool:
+    """Whether ``out`` holds a run that was killed before its first complete checkpoint (its log or its
+    checkpoint folder exist, no complete checkpoint does): it can be started over, with or without
+    ``--resume`` (issue 15 #13: each error pointed to the other)."""
+    begun = (out / "metrics.csv").exists() or (out / "checkpoints").is_dir()
+    return begun and latest_checkpoint(out) is None
+
+
+def _finished_run_summary(model_file: Path, history: list[dict[str, Any]]) -> tuple[float, float | None]:
+    """``(final loss, last validation SDRi)`` of a run that had already reached its steps: the loss the
+    checkpoint recorded (its last step's), the last SDRi of ``metrics.csv`` (``None`` when none)."""
+    loss = float("nan")
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        with safe_open(str(model_file), framework="pt") as f:
+            loss = float(json.loads(f.metadata()["config"])["training"]["loss"])
+    vals = [r["val_sdri"] for r in history if r.get("val_sdri") is not None]
+    return loss, (vals[-1] if vals else None)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf) replaced by ``None``, so that ``json.dumps``
+    writes valid JSON (``NaN`` is not JSON; ``train.json`` had it after resuming a finished run)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _save(cfg: TrainConfig, out: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer,
