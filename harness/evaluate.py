@@ -692,6 +692,7 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
     timings, computed = {}, {}
     ex_info = {**parallel.Executor(opts.executor, opts.jobs, opts.scheduler).describe(), "started": False}
     with contextlib.ExitStack() as stack:
+        stack.enter_context(parallel.sigterm_as_interrupt())  # SIGTERM flushes the rows as SIGINT does
         for evalset in sets:
             d = evalset.dataset
             manifest = evalset.manifest.iloc[: opts.limit] if opts.limit else evalset.manifest

@@ -112,7 +112,9 @@ def executor(kind: str = "loky", jobs: int = 1, scheduler: str | None = None) ->
         ex = Executor("loky", int(jobs))
         token = _ACTIVE.set(ex)
         try:
-            with joblib.parallel_config(backend="loky", n_jobs=ex.jobs, inner_max_num_threads=1):
+            # every loky worker starts by watching this process (watch_parent): no orphan after a SIGKILL
+            with joblib.parallel_config(backend="loky", n_jobs=ex.jobs, inner_max_num_threads=1,
+                                        initializer=watch_parent, initargs=(os.getpid(),)):
                 yield ex
         finally:
             _ACTIVE.reset(token)
@@ -262,6 +264,73 @@ def limit_threads() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != 1:
         torch.set_num_threads(1)
+
+
+PARENT_POLL_S = 0.5
+"""How often a worker checks that its parent is alive (s)."""
+
+_watching: int | None = None
+
+
+def watch_parent(parent_pid: int | None = None) -> bool:
+    """Make this (worker) process exit within :data:`PARENT_POLL_S` s of its parent's death.
+
+    loky keeps its workers alive when the process that started them is SIGKILLed (or dies of SIGINT
+    without shutting the pool down): they were measured alive 30+ minutes later, one holding 573 MB
+    (issue 15 #15). A daemon thread polls ``os.getppid()``; once it changes (the parent died and the
+    worker was re-parented to init or a subreaper) it ends the process with ``os._exit(1)`` — no task of
+    a dead run has anyone to report to. Only a direct child of ``parent_pid`` is watched (a Dask worker
+    is not a child of the eval and keeps running). Idempotent.
+
+    Args:
+        parent_pid: the parent to watch (the loky :func:`executor` passes its own PID as the workers'
+            initializer argument); ``None``: the current parent.
+
+    Returns:
+        True when this process is (now) watching its parent.
+    """
+    global _watching
+    if _watching is not None:
+        return True
+    if parent_pid is None:
+        parent_pid = os.getppid()
+    if parent_pid == os.getpid() or os.getppid() != parent_pid:
+        return False
+    _watching = parent_pid
+
+    def run() -> None:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=run, name="uss-bench-parent-watch", daemon=True).start()
+    return True
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that the same ``finally`` blocks run (rows
+    buffered by the eval are flushed to its parts)."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``) in the main thread
+    instead of ending the process at once: the eval then flushes its buffered rows as on SIGINT, where
+    SIGTERM used to lose up to ``PART_SECONDS`` (60 s) of them. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    import signal
+
+    def handler(signum, frame):
+        raise Terminated(f"signal {signum} (SIGTERM)")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 # -- torchrun ---------------------------------------------------------------------------------------
