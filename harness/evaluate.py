@@ -82,6 +82,7 @@ from harness.errors import ConfigError, UssBenchError
 from harness.models import spectral
 from harness.parallel import Ranks
 from harness.scoring import METRIC_COLUMNS, score_task, unscored
+from harness.tempfiles import remove_stale_temps
 from harness.scoring import score as score  # public here too: harness.evaluate.score
 from harness.scoring import score_batch as score_batch
 
@@ -684,6 +685,7 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
         for evalset in sets:
             _check_parts(out, system, evalset)
     if ranks.is_main:
+        remove_stale_temps(out)  # .items.parquet.tmp-PID etc. of runs that were killed
         for evalset in sets:
             _init_parts(out, system, evalset, opts.resume)
     ranks.barrier()  # parts cleared before anyone scans or writes
