@@ -90,6 +90,7 @@ from harness.errors import ConfigError, UssBenchError
 from harness.models import spectral
 from harness.parallel import Ranks
 from harness.scoring import METRIC_COLUMNS, score_task, unscored
+from harness.tempfiles import remove_stale_temps
 from harness.scoring import score as score  # public here too: harness.evaluate.score
 from harness.scoring import score_batch as score_batch
 
@@ -801,6 +802,7 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
         for evalset in sets:
             _check_parts(out, system, evalset)
     if ranks.is_main:
+        remove_stale_temps(out)  # .items.parquet.tmp-PID etc. of runs that were killed
         for evalset in sets:
             _init_parts(out, system, evalset, opts.resume)
     ranks.barrier()  # parts cleared before anyone scans or writes
@@ -809,6 +811,7 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
     timings, computed = {}, {}
     ex_info = {**parallel.Executor(opts.executor, opts.jobs, opts.scheduler).describe(), "started": False}
     with contextlib.ExitStack() as stack:
+        stack.enter_context(parallel.sigterm_as_interrupt())  # SIGTERM flushes the rows as SIGINT does
         for evalset in sets:
             d = evalset.dataset
             manifest = evalset.manifest.iloc[: opts.limit] if opts.limit else evalset.manifest

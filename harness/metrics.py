@@ -37,6 +37,10 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
+import subprocess
+import sys
+import threading
 
 import numpy as np
 
@@ -53,6 +57,9 @@ __all__ = [
     "STATUS_PESQ_NO_UTTERANCES",
     "STATUS_PESQ_TOO_SHORT",
     "STATUS_PESQ_ERROR",
+    "STATUS_PESQ_TOO_LONG",
+    "STATUS_PESQ_CRASHED",
+    "PESQ_MAX_SECONDS",
     "SIGNAL_STATUSES",
     "PESQ_STATUSES",
     "check_signals",
@@ -105,6 +112,8 @@ STATUS_PESQ_EST_SILENT = "pesq_est_silent"
 STATUS_PESQ_NO_UTTERANCES = "pesq_no_utterances"
 STATUS_PESQ_TOO_SHORT = "pesq_too_short"
 STATUS_PESQ_ERROR = "pesq_error"
+STATUS_PESQ_TOO_LONG = "pesq_too_long"
+STATUS_PESQ_CRASHED = "pesq_crashed"
 PESQ_STATUSES = (
     STATUS_REF_NONFINITE,
     STATUS_EST_NONFINITE,
@@ -113,8 +122,25 @@ PESQ_STATUSES = (
     STATUS_PESQ_NO_UTTERANCES,
     STATUS_PESQ_TOO_SHORT,
     STATUS_PESQ_ERROR,
+    STATUS_PESQ_TOO_LONG,
+    STATUS_PESQ_CRASHED,
 )
 """Every failure status :func:`pesq_wb_status` returns (besides ``"ok"``)."""
+
+PESQ_MAX_SECONDS = 100.0
+"""Longest signal (s, at 16 kHz) that :func:`pesq_wb_status` scores; longer ones are ``"pesq_too_long"``.
+
+``pesq`` 0.0.4 (the ITU-T C code) segfaults on long inputs: measured on x86-64, 16 kHz, in a subprocess
+per length, it scored 110, 113, 116 and 118 s of gated noise and crashed (SIGSEGV) from 119 s on
+(200 s: crash), while 119.5 s of steady noise still scored; the limit depends on the content, not on the
+stack size (``ulimit -s 65536`` still crashes at 200 s). 100 s keeps a margin below every crash seen and
+is a fixed rule, so the status of an item never depends on the machine."""
+
+PESQ_INLINE_SECONDS = 30.0
+"""Signals up to this long (s, at 16 kHz) are scored by ``pesq`` in the calling process (every crash seen
+was past 118 s); longer ones, up to :data:`PESQ_MAX_SECONDS`, in a helper subprocess
+(:func:`_pesq_isolated`), so that a crash of the C code is an item status (``"pesq_crashed"``) and never
+the end of the run."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -577,6 +603,10 @@ def pesq_wb_status(ref, est, sample_rate: int) -> tuple[float, str]:
     ``"pesq_too_short"``       ``pesq.BufferTooShortError``: under 1/4 s at 16 kHz
     ``"pesq_error"``           any other ``pesq.PesqError`` or ``ValueError`` from ``pesq``, or a
                                non-finite or negative (error-code) score
+    ``"pesq_too_long"``        over :data:`PESQ_MAX_SECONDS` (100 s) at 16 kHz: not scored, ``pesq``
+                               would segfault (measured from 119 s)
+    ``"pesq_crashed"``         the helper subprocess scoring a signal over :data:`PESQ_INLINE_SECONDS`
+                               died (e.g. SIGSEGV in the C code); this process goes on
     =========================  =====================================================================
 
     Args:
@@ -603,19 +633,74 @@ def pesq_wb_status(ref, est, sample_rate: int) -> tuple[float, str]:
 
         r = soxr.resample(r, sr, PESQ_SAMPLE_RATE, quality="HQ")
         e = soxr.resample(e, sr, PESQ_SAMPLE_RATE, quality="HQ")
+    if r.shape[0] > PESQ_MAX_SECONDS * PESQ_SAMPLE_RATE:
+        return float("nan"), STATUS_PESQ_TOO_LONG
+    if r.shape[0] > PESQ_INLINE_SECONDS * PESQ_SAMPLE_RATE:
+        score, status = _pesq_isolated(r, e)
+    else:
+        score, status = _pesq_call(r, e)
+    if status != STATUS_OK:
+        return float("nan"), status
+    if not math.isfinite(score) or score < 0.0:  # P.862.2 scores lie in (0.999, 4.999); codes are -1..-7
+        return float("nan"), STATUS_PESQ_ERROR
+    return score, STATUS_OK
+
+
+def _pesq_call(r: np.ndarray, e: np.ndarray) -> tuple[float, str]:
+    """``pesq.pesq(16000, r, e, "wb")`` in this process: ``(score, "ok")`` or ``(nan, status)``."""
     import pesq as _pesq
 
     try:
-        score = float(_pesq.pesq(PESQ_SAMPLE_RATE, r, e, "wb"))
+        return float(_pesq.pesq(PESQ_SAMPLE_RATE, r, e, "wb")), STATUS_OK
     except _pesq.NoUtterancesError:
         return float("nan"), STATUS_PESQ_NO_UTTERANCES
     except _pesq.BufferTooShortError:
         return float("nan"), STATUS_PESQ_TOO_SHORT
     except (_pesq.PesqError, ValueError):
         return float("nan"), STATUS_PESQ_ERROR
-    if not math.isfinite(score) or score < 0.0:  # P.862.2 scores lie in (0.999, 4.999); codes are -1..-7
-        return float("nan"), STATUS_PESQ_ERROR
-    return score, STATUS_OK
+
+
+_PESQ_CHILD_CODE = """
+import os, pickle, sys
+from harness.metrics import _pesq_call
+inp, out = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+os.dup2(2, 1)  # anything the C code prints goes to stderr (discarded), never into the result pipe
+while True:
+    try:
+        r, e = pickle.load(inp)
+    except EOFError:
+        break
+    pickle.dump(_pesq_call(r, e), out)
+    out.flush()
+"""
+
+_pesq_children = threading.local()
+
+
+def _pesq_isolated(r: np.ndarray, e: np.ndarray) -> tuple[float, str]:
+    """:func:`_pesq_call` in a helper subprocess (one per calling thread, started on first use and reused).
+
+    The pair goes through a pipe (pickle of two float64 arrays) to ``python -c`` running
+    :data:`_PESQ_CHILD_CODE`, which calls the same :func:`_pesq_call`, so the score is bit for bit the
+    one this process would compute. When the child dies mid-call (SIGSEGV of the C code, killed, out of
+    memory) the result is ``(nan, "pesq_crashed")`` and the next call starts a new child.
+    """
+    child = getattr(_pesq_children, "proc", None)
+    if child is None or child.poll() is not None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        child = subprocess.Popen([sys.executable, "-c", _PESQ_CHILD_CODE], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        _pesq_children.proc = child
+    try:
+        pickle.dump((r, e), child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        child.stdin.flush()
+        score, status = pickle.load(child.stdout)
+    except (OSError, EOFError, pickle.UnpicklingError):
+        child.kill()
+        child.wait()
+        _pesq_children.proc = None
+        return float("nan"), STATUS_PESQ_CRASHED
+    return float(score), str(status)
 
 
 def pesq_wb(ref, est, sample_rate: int) -> float:

@@ -21,11 +21,15 @@ processes run with one torch/BLAS thread each (:func:`limit_threads`), so ``N`` 
 
 from __future__ import annotations
 
+import _thread
 import contextvars
 import datetime
 import logging
 import os
+import socket
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +37,7 @@ from typing import Any
 
 import joblib
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, UssBenchError
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +102,19 @@ def executor(kind: str = "loky", jobs: int = 1, scheduler: str | None = None) ->
 
     Raises:
         ConfigError: bad options (:func:`check_executor`), ``distributed`` is not installed, or the
-            scheduler cannot be reached.
+            scheduler cannot be reached (checked with a TCP connection first), or no worker joins within
+            :data:`DASK_WAIT_S` s.
+        UssBenchError: the cluster lost every worker for :data:`DASK_WAIT_S` s during the block (joblib
+            would wait for the lost tasks forever; see :class:`_WorkerWatch`).
     """
     check_executor(kind, jobs, scheduler)
     if kind == "loky":
         ex = Executor("loky", int(jobs))
         token = _ACTIVE.set(ex)
         try:
-            with joblib.parallel_config(backend="loky", n_jobs=ex.jobs, inner_max_num_threads=1):
+            # every loky worker starts by watching this process (watch_parent): no orphan after a SIGKILL
+            with joblib.parallel_config(backend="loky", n_jobs=ex.jobs, inner_max_num_threads=1,
+                                        initializer=watch_parent, initargs=(os.getpid(),)):
                 yield ex
         finally:
             _ACTIVE.reset(token)
@@ -116,29 +125,111 @@ def executor(kind: str = "loky", jobs: int = 1, scheduler: str | None = None) ->
         raise ConfigError("--executor dask needs the distributed package: pip install 'uss-bench[dask]'") from exc
     cluster = None
     if scheduler:
+        _check_scheduler(scheduler)
         try:
             client = distributed.Client(scheduler, timeout=30, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
             raise ConfigError(f"--scheduler {scheduler}: cannot connect to the Dask scheduler ({exc}); "
-                              "check the address (e.g. tcp://HOST:8786) and that it is running") from exc
+                              "check the address (e.g. tcp://HOST:8786) and that it is running") from None
     else:
         cluster = distributed.LocalCluster(n_workers=int(jobs), threads_per_worker=1, processes=True,
                                            dashboard_address=None, silence_logs=logging.ERROR,
                                            env={v: "1" for v in THREAD_VARS})
         client = distributed.Client(cluster, set_as_default=False)
+    where = f"the Dask scheduler at {scheduler}" if scheduler else "the local Dask cluster"
     try:
-        client.wait_for_workers(1, timeout=60)
+        try:
+            client.wait_for_workers(1, timeout=DASK_WAIT_S)
+        except (TimeoutError, OSError) as exc:
+            raise ConfigError(f"{where} has no worker after {DASK_WAIT_S:g} s ({type(exc).__name__}); start "
+                              f"workers (dask worker {scheduler or 'ADDR'}) or use --executor loky") from None
         ex = Executor("dask", max(1, sum(client.nthreads().values())), scheduler)
         token = _ACTIVE.set(ex)
+        watch = _WorkerWatch(client)
         try:
             with joblib.parallel_config(backend="dask", n_jobs=-1, client=client):
                 yield ex
+        except (KeyboardInterrupt, TimeoutError) as exc:
+            if not watch.lost:
+                raise
+            raise UssBenchError(f"{where} lost all its workers (none for {DASK_WAIT_S:g} s, "
+                                f"{type(exc).__name__}); the rows scored so far are in the run's parts: "
+                                "restart the workers and rerun with --resume") from None
         finally:
+            watch.stop()
             _ACTIVE.reset(token)
     finally:
-        client.close()
+        client.close(timeout=10)
         if cluster is not None:
-            cluster.close()
+            cluster.close(timeout=10)
+
+
+DASK_WAIT_S = float(os.environ.get("USS_BENCH_DASK_WAIT_S", 60))
+"""How long a Dask run waits for a worker, at start and after losing every worker (s)
+[env USS_BENCH_DASK_WAIT_S, 60]."""
+
+
+def _check_scheduler(address: str) -> None:
+    """Refuse a ``--scheduler`` that is not an address or where nothing listens, before any ``Client``
+    exists (a ``Client`` that failed in its constructor hangs the interpreter's exit for 60 s).
+
+    Raises:
+        ConfigError: not ``[tcp|tls://]HOST:PORT`` (or another Dask comm scheme), or a TCP connection to
+            ``HOST:PORT`` is refused or times out (5 s).
+    """
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, loc = parse_address(address)
+        host, port = parse_host_port(loc) if scheme in ("tcp", "tls") else (None, None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"--scheduler {address}: not a Dask scheduler address ({exc}); "
+                          "give one as tcp://HOST:8786") from None
+    if host is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(f"--scheduler {address}: cannot connect to the Dask scheduler ({exc}); check the "
+                          "address (e.g. tcp://HOST:8786) and that it is running") from None
+
+
+class _WorkerWatch:
+    """Watches a Dask client's workers from a daemon thread (main thread only): when the cluster has had
+    no worker for :data:`DASK_WAIT_S` s it sets :attr:`lost` and interrupts the main thread, which joblib
+    would otherwise leave waiting forever for the lost tasks (measured: a run whose only worker was
+    SIGKILLed hung until killed). :func:`executor` turns that interrupt into a one-line error."""
+
+    POLL_S = 1.0
+
+    def __init__(self, client):
+        self.client, self.lost = client, False
+        self._stop = threading.Event()
+        self._thread = None
+        if threading.current_thread() is threading.main_thread():
+            self._thread = threading.Thread(target=self._run, name="uss-bench-dask-watch", daemon=True)
+            self._thread.start()
+
+    def _workers(self) -> int:
+        try:
+            return len(self.client.sync(self.client.scheduler.ncores, callback_timeout=5))
+        except Exception:  # noqa: BLE001 - a scheduler that does not answer has no usable worker
+            return 0
+
+    def _run(self) -> None:
+        since = None
+        while not self._stop.wait(self.POLL_S):
+            if self._workers() > 0:
+                since = None
+                continue
+            since = since if since is not None else time.monotonic()
+            if time.monotonic() - since >= DASK_WAIT_S:
+                self.lost = True
+                _thread.interrupt_main()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def active() -> Executor | None:
@@ -173,6 +264,73 @@ def limit_threads() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != 1:
         torch.set_num_threads(1)
+
+
+PARENT_POLL_S = 0.5
+"""How often a worker checks that its parent is alive (s)."""
+
+_watching: int | None = None
+
+
+def watch_parent(parent_pid: int | None = None) -> bool:
+    """Make this (worker) process exit within :data:`PARENT_POLL_S` s of its parent's death.
+
+    loky keeps its workers alive when the process that started them is SIGKILLed (or dies of SIGINT
+    without shutting the pool down): they were measured alive 30+ minutes later, one holding 573 MB
+    (issue 15 #15). A daemon thread polls ``os.getppid()``; once it changes (the parent died and the
+    worker was re-parented to init or a subreaper) it ends the process with ``os._exit(1)`` — no task of
+    a dead run has anyone to report to. Only a direct child of ``parent_pid`` is watched (a Dask worker
+    is not a child of the eval and keeps running). Idempotent.
+
+    Args:
+        parent_pid: the parent to watch (the loky :func:`executor` passes its own PID as the workers'
+            initializer argument); ``None``: the current parent.
+
+    Returns:
+        True when this process is (now) watching its parent.
+    """
+    global _watching
+    if _watching is not None:
+        return True
+    if parent_pid is None:
+        parent_pid = os.getppid()
+    if parent_pid == os.getpid() or os.getppid() != parent_pid:
+        return False
+    _watching = parent_pid
+
+    def run() -> None:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=run, name="uss-bench-parent-watch", daemon=True).start()
+    return True
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that the same ``finally`` blocks run (rows
+    buffered by the eval are flushed to its parts)."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``) in the main thread
+    instead of ending the process at once: the eval then flushes its buffered rows as on SIGINT, where
+    SIGTERM used to lose up to ``PART_SECONDS`` (60 s) of them. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    import signal
+
+    def handler(signum, frame):
+        raise Terminated(f"signal {signum} (SIGTERM)")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 # -- torchrun ---------------------------------------------------------------------------------------

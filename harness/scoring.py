@@ -55,15 +55,19 @@ def _score_rest(out: dict[str, Any], ref: np.ndarray, est: np.ndarray, mix: np.n
     if "pesq" in wanted:
         # PESQ runs here, inside the eval's metric workers, so utterances are already scored in parallel
         # (metrics.pesq_many is the same parallelism for callers outside the eval pipeline).
+        # A PESQ failure (too short, too long, crashed helper...) is the item's status; its other metrics
+        # are kept (issue 15 #1).
         out["pesq"], pesq_status = metrics.pesq_wb_status(ref, est, sr)
-        if pesq_status != "ok":
-            out["status"] = pesq_status
-            return out
+    else:
+        pesq_status = "ok"
     if "ssnr" in wanted:
         # SSNR applies to whole Voicebank utterances of different lengths: one call per item.
         speech_sr = dataset_cfg.get("metric_sample_rate", sr)
         out["ssnr"] = metrics.ssnr(resample(ref, sr, speech_sr), resample(est, sr, speech_sr), speech_sr)
-    out["status"] = "ok" if all(np.isfinite(out[c]) for c in ("sdr", "sdri")) else "metric_nonfinite"
+    if pesq_status != "ok":
+        out["status"] = pesq_status
+    else:
+        out["status"] = "ok" if all(np.isfinite(out[c]) for c in ("sdr", "sdri")) else "metric_nonfinite"
     return out
 
 

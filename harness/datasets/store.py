@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import UssBenchError
+from harness.tempfiles import remove_stale_temps
 
 
 class SetIntegrityError(UssBenchError):
@@ -189,10 +190,13 @@ def share_like_new_file(path: Path) -> None:
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``final``; on success it replaces ``final`` by a rename.
 
-    On an exception the temporary folder is removed and ``final`` is left as it was.
+    On an exception the temporary folder is removed and ``final`` is left as it was. The folder's name
+    carries this process's PID (``.<final>.tmp-<PID>-<random>``), so that the next build beside
+    ``final`` removes those of killed builds (:func:`harness.tempfiles.remove_stale_temps`).
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    remove_stale_temps(final.parent)  # the folders of builds that were killed (issue 15 #15)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
     except BaseException:

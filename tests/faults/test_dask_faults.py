@@ -1,0 +1,116 @@
+"""Issue 15 #16: Dask faults must be one-line errors (exit 2), never a traceback or a hang.
+
+- ``--scheduler notanaddress`` printed the right message, then the interpreter hung 60 s at exit (a
+  ``Client`` that failed in its constructor closes itself in ``__del__`` with a 60-s timeout);
+- a scheduler with no worker gave a ``TimeoutError`` traceback after 60 s;
+- losing every worker mid-run left joblib waiting forever (measured here; the campaign saw a
+  ``TimeoutError`` traceback).
+
+The scheduler and worker are real ``dask scheduler`` / ``dask worker`` processes on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from joblib import delayed
+
+from harness import parallel
+from harness.errors import ConfigError, UssBenchError
+
+pytest.importorskip("distributed")
+DASK = str(Path(sys.executable).with_name("dask"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([DASK, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def wait_listening(port: int, timeout: float = 60.0) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"dask scheduler did not listen on {port}")
+
+
+@pytest.fixture
+def scheduler():
+    port = free_port()
+    proc = start("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard")
+    try:
+        wait_listening(port)
+        yield f"tcp://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("address", ["notanaddress", "tcp://127.0.0.1:1"])
+def test_a_bad_scheduler_is_a_one_line_error_and_the_process_exits_at_once(address):
+    code = textwrap.dedent(f"""
+        import sys
+        from harness import parallel
+        from harness.errors import UssBenchError
+        try:
+            with parallel.executor("dask", 1, {address!r}):
+                pass
+        except UssBenchError as exc:
+            print("error:", exc)
+            sys.exit(2)
+    """)
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t0
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and address in lines[0] and "scheduler" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert took < 20, f"the process took {took:.0f} s to exit (the failed Client's 60-s close)"
+
+
+def test_a_scheduler_without_workers_is_a_config_error_after_the_wait(scheduler, monkeypatch):
+    monkeypatch.setattr(parallel, "DASK_WAIT_S", 2.0)
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match="has no worker after 2 s"):
+        with parallel.executor("dask", 1, scheduler):
+            pass
+    assert time.monotonic() - t0 < 30
+
+
+# ~5 s: a worker starts, scores, is SIGKILLed; the watch gives up after 3 s without workers
+def test_losing_every_worker_mid_run_is_an_error_not_a_hang(scheduler, monkeypatch):
+    monkeypatch.setattr(parallel, "DASK_WAIT_S", 3.0)
+    worker = start("worker", scheduler, "--nthreads", "2", "--no-nanny", "--no-dashboard")
+    try:
+        with pytest.raises(UssBenchError, match="lost all its workers"):
+            with parallel.executor("dask", 1, scheduler) as ex:
+                assert ex.jobs == 2
+                t0 = time.monotonic()
+                out = parallel.parallel(2)(delayed(time.sleep)(0.2) for _ in range(4))
+                assert len(out) == 4  # the cluster works before the fault
+                os.killpg(worker.pid, signal.SIGKILL)
+                parallel.parallel(2)(delayed(time.sleep)(0.5) for _ in range(20))
+        assert time.monotonic() - t0 < 60
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
