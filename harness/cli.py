@@ -85,6 +85,14 @@ def _device_opt(help_text: str = "auto | cpu | cuda | cuda:N"):
     return typer.Option(callback=_check_device, help=help_text)
 
 
+def _inference_start() -> None:
+    """Commands that run a model: glibc keeps freed activations for reuse (harness.models.fast.tune_allocator),
+    set before the model's first large allocation."""
+    from harness.models.fast import tune_allocator
+
+    tune_allocator()
+
+
 def _workdir(workdir: Path | None) -> Path:
     from harness.datasets.store import default_workdir
 
@@ -260,6 +268,7 @@ def eval_cmd(
         else:
             from harness.systems import CheckpointSystem
 
+            _inference_start()
             system = CheckpointSystem(checkpoint, workdir=wd, condition=condition, device=ranks.device(device),
                                       batch_size=batch_size)
         if absent and ranks.is_main:
@@ -314,6 +323,7 @@ def embed_queries_cmd(
 
     corpus_root = resolve_root(dataset, root)
     wd = _workdir(workdir)
+    _inference_start()
     with _progress(quiet) as update:
         prov = embed_queries(dataset, checkpoint, corpus_root, wd, split=split, batch_size=batch_size,
                              device=device, progress=lambda d, t: update(f"{dataset} queries", d, t))
@@ -359,6 +369,7 @@ def separate(
 
     if sum(x is not None for x in (levels, class_ids, query_audio)) > 1:
         raise UssBenchError("pass only one of --levels, --class-ids and --query-audio")
+    _inference_start()
     waveform = read_audio(audio, harness.SAMPLE_RATE)
     separator, query_net = load_separator_and_query_net(checkpoint, device)
     _check_finite_weights(checkpoint, {"separator": separator, "query net": query_net})
@@ -595,6 +606,12 @@ def _internal_error(exc: BaseException) -> str:
     return (f"internal error: {type(exc).__name__}: {summary} ({where}; please report it, with that file)")
 
 
+OMP_WAIT_POLICY = "PASSIVE"
+"""OpenMP threads waiting at a barrier sleep instead of spinning. Measured on the paper-size separator
+(2-core VM shared with other jobs): 25–30 % less CPU per item than the default spin (benchmarks/bench_eval.py
+records the run's setting); set by :func:`main` before torch loads, unless ``OMP_WAIT_POLICY`` is set."""
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run a command and exit with a code CI can trust.
 
@@ -608,6 +625,8 @@ def main(argv: list[str] | None = None) -> None:
         argv: the arguments (without the program name); ``None`` reads ``sys.argv``.
     """
     logging.basicConfig(level=os.environ.get("USS_BENCH_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    if "torch" not in sys.modules:  # read once when torch loads its OpenMP runtime; the user's value wins
+        os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     try:
         rc = app(args=argv, prog_name="uss-bench", standalone_mode=False)
     except UssBenchError as exc:

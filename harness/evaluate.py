@@ -854,6 +854,8 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
         "execution": {"ranks": ranks.world_size, "backend": ranks.backend,
                       "executor": gathered[0]["executor"]},
         "timings_s": {**seconds, "total": round(time.perf_counter() - t0, 3)},
+        # the separator's fast path (harness.models.fast): fidelity figure, allocator, batch-size choice
+        "inference": getattr(getattr(system, "separator", None), "inference_report", None),
         "versions": versions(),
         "git_revision": common["git_revision"],
     }

@@ -645,6 +645,7 @@ def train(cfg: TrainConfig, roots: dict[str, Path], out: Path, *, steps: int | N
     from harness.metrics import sdr_batch
     from harness.models import ResUNet30, resolve_device
     from harness.models.checkpoints import load_separator, save_checkpoint
+    from harness.models.fast import checked_forward
 
     rank, world, local_rank = _dist()
     distributed = world > 1
@@ -730,7 +731,8 @@ def train(cfg: TrainConfig, roots: dict[str, Path], out: Path, *, steps: int | N
         sdris = []
         with torch.inference_mode():
             for b in val_batches:
-                est = model(b["mixture"][:, None].to(dev), b["condition"].to(dev))[:, 0].float().cpu().numpy()
+                est = checked_forward(model, b["mixture"][:, None].to(dev), b["condition"].to(dev))
+                est = est[:, 0].float().cpu().numpy()
                 tgt, mix = b["target"].numpy(), b["mixture"].numpy()
                 sdris.append(sdr_batch(tgt, est) - sdr_batch(tgt, mix))
         model.train()

@@ -18,6 +18,7 @@ from torch import nn
 from harness import SAMPLE_RATE, SEGMENT_SAMPLES
 from harness.audio import fix_length
 from harness.errors import ConfigError
+from harness.models.fast import checked_forward
 
 SILENCE_FRAME_SAMPLES = SAMPLE_RATE // 10
 """Query silence removal works on non-overlapping 0.1-s frames (3,200 samples)."""
@@ -88,6 +89,9 @@ def separate_batch(
 
     The chunks go through ``separator`` in batches of ``batch_size`` as ``(b, 1, S)``; a ``(1, D)``
     condition is broadcast to every batch as the upstream does, an ``(N, D)`` one is sliced with the chunks.
+    A ResUNet30 runs through the checked fast path (:func:`harness.models.fast.checked_forward`: prepared
+    once per process, compared with the plain module on the first batch; ``USS_BENCH_FAST=0`` turns it
+    off); the separator is left in the training mode it had.
 
     Args:
         separator: a :class:`~harness.models.resunet.ResUNet30` (or any module with its call signature).
@@ -102,6 +106,7 @@ def separate_batch(
 
     Raises:
         ValueError: bad shapes or batch size.
+        FastPathError: the fast path's first batch differs from the plain module's beyond 1e-4 of peak.
     """
     chunks = np.asarray(chunks, dtype=np.float32)
     conditions = np.asarray(conditions, dtype=np.float32)
@@ -116,15 +121,14 @@ def separate_batch(
     target = module_device(separator)
     shared = torch.from_numpy(conditions).to(target) if len(conditions) == 1 else None
     outputs = []
-    with eval_inference(separator):
-        for start in range(0, len(chunks), batch_size):
-            mixture = torch.from_numpy(chunks[start : start + batch_size]).to(target)[:, None, :]
-            condition = (
-                shared
-                if shared is not None
-                else torch.from_numpy(conditions[start : start + batch_size]).to(target)
-            )
-            outputs.append(separator(mixture, condition)[:, 0].float().cpu().numpy())
+    for start in range(0, len(chunks), batch_size):
+        mixture = torch.from_numpy(chunks[start : start + batch_size]).to(target)[:, None, :]
+        condition = (
+            shared
+            if shared is not None
+            else torch.from_numpy(conditions[start : start + batch_size]).to(target)
+        )
+        outputs.append(checked_forward(separator, mixture, condition)[:, 0].float().cpu().numpy())
     return np.concatenate(outputs) if outputs else np.zeros_like(chunks)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -66,6 +68,9 @@ def test_checkpoint_eval_rows(at_soft_ckpt, workdir, tmp_path):
     run_eval(oracle, EvalOptions(["fsdkaggle2018"], workdir, tmp_path / "ora", limit=2))
     rows = pd.read_parquet(tmp_path / "ora/items.parquet")
     assert (rows["status"] == "ok").all() and (rows["condition"] == "oracle").all()
+    # the fast path ran, and its start-up check against the plain float32 module is in run.json
+    inference = json.loads((tmp_path / "ora/run.json").read_text())["inference"]
+    assert inference["fast_path"] is True and 0 <= inference["fidelity_max_rel_diff"] <= 1e-4
     s = open_set(workdir, "fsdkaggle2018")
     mix, tgt = s.read_rows(np.arange(2))
     net = load_query_net(at_soft_ckpt)

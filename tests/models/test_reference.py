@@ -14,6 +14,7 @@ import torch
 
 from harness.anchors import anchor_scores, find_anchor
 from harness.models import embed, load_query_net, load_sed, separate
+from harness.models.fast import prepare_for_inference
 
 pytestmark = pytest.mark.numerics  # float results: rerun under forced-down CPU kernels (noxfile numerics)
 
@@ -33,14 +34,29 @@ def separator_case(request, reference_outputs):
     return request.param, request.getfixturevalue(fixture), arrays
 
 
+_PREPARED: dict[int, torch.nn.Module] = {}
+
+
+@pytest.fixture(params=["plain", "prepared"])
+def run_case(request, separator_case):
+    """``separator_case`` through the plain module and through the fast path's prepared model
+    (harness.models.fast: folded BatchNorm, fused FiLM, channels-last), prepared once per size."""
+    size, separator, ref = separator_case
+    if request.param == "prepared":
+        if size not in _PREPARED:
+            _PREPARED[size] = prepare_for_inference(separator)
+        separator = _PREPARED[size]
+    return size, separator, ref
+
+
 def test_separator_condition_type(separator_case):
     size, separator, _ = separator_case
     assert (separator.condition_size, separator.condition_type) == (size, {527: "at_soft", 2048: "emb"}[size])
     assert not separator.training
 
 
-def test_separator_single_calls(separator_case, assert_matches):
-    size, separator, ref = separator_case
+def test_separator_single_calls(run_case, assert_matches):
+    size, separator, ref = run_case
     mixture, condition = torch.from_numpy(ref["mixture"]), torch.from_numpy(ref["condition"])
     with torch.inference_mode():
         for i in range(2):
@@ -49,8 +65,8 @@ def test_separator_single_calls(separator_case, assert_matches):
                 assert_matches(f"ss{size}_output[{i},{j}]", output[0], ref["output"][i, j])
 
 
-def test_separator_batch_of_three(separator_case, assert_matches):
-    size, separator, ref = separator_case
+def test_separator_batch_of_three(run_case, assert_matches):
+    size, separator, ref = run_case
     pairs = ref["b3_pairs"]
     with torch.inference_mode():
         output = separator(
@@ -59,8 +75,8 @@ def test_separator_batch_of_three(separator_case, assert_matches):
     assert_matches(f"ss{size}_b3_output", output, ref["b3_output"])
 
 
-def test_separator_mask_logits(separator_case, assert_matches):
-    size, separator, ref = separator_case
+def test_separator_mask_logits(run_case, assert_matches):
+    size, separator, ref = run_case
     with torch.inference_mode():
         mag, _, _ = separator.spectrum(torch.from_numpy(ref["mixture"][0:1, 0]))
         logits = separator.mask_logits(mag, torch.from_numpy(ref["condition"][0:1]))

@@ -1,0 +1,271 @@
+"""The fast CPU/GPU inference path of the separator, and the check that it is faithful.
+
+Evaluation time is the separator's forward pass. :func:`prepare_for_inference` rewrites a
+:class:`~harness.models.resunet.ResUNet30` for inference without changing what it computes:
+
+- every residual block's ``bn2`` is folded into the ``conv1`` before it (eval-mode BatchNorm is the affine
+  map ``s·h + t`` per channel, so ``bn2(conv1(a)) = conv1'(a) + t`` with ``conv1'`` = ``conv1``'s weights
+  scaled by ``s`` per output channel; exact in real arithmetic, a rounding per weight in float32);
+- the remaining pre-activation BatchNorms plus their FiLM offset become one ``addcmul``
+  (``x·s + (t + β)``), and the leaky ReLUs run in place;
+- 4-D weights and activations are channels-last (oneDNN's fast layout on CPU);
+- it runs under :func:`torch.inference_mode`, float32 throughout (no reduced precision anywhere).
+
+:func:`checked_forward` is what the inference entry points call: it prepares a model once per process
+(again only when its weights changed, e.g. between training validations), compares the prepared model
+with the plain float32 module on the first batch (``max|Δ| / max|ref|`` ≤ :data:`FIDELITY_LIMIT`, else
+:class:`FastPathError`), and records the figure on the model as ``model.inference_report`` (``run.json``
+copies it). :func:`tune_allocator` stops glibc from mapping large blocks once per process, so the large
+activations are reused instead of being mapped, zero-filled by the kernel and unmapped on every call.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import ctypes.util
+import os
+import sys
+import time
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.errors import UssBenchError
+from harness.models.resunet import _LEAKY_SLOPE, ConvBlockRes, DecoderBlockRes1B, ResUNet30
+
+FIDELITY_LIMIT = 1e-4
+"""Largest accepted ``max|prepared − plain| / max|plain|`` on the first batch (the reference tests' 1e-4;
+folding and channels-last reassociate float32 sums: measured ≈ 1e-6–1e-5 of peak)."""
+
+FAST_ENV = "USS_BENCH_FAST"
+"""``0`` turns the fast path off process-wide (the plain eager module runs instead)."""
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4  # glibc <malloc.h>
+MALLOPT_SETTINGS = {"M_MMAP_MAX": (_M_MMAP_MAX, 0), "M_TRIM_THRESHOLD": (_M_TRIM_THRESHOLD, 2**31 - 1),
+                    "M_TOP_PAD": (_M_TOP_PAD, 256 * 2**20)}
+"""What :func:`tune_allocator` sets. ``M_MMAP_MAX = 0``: no block is ``mmap``ed (raising
+``M_MMAP_THRESHOLD`` is not enough: glibc caps it at 32 MiB, and the top-level activations are 29 MB per
+item, the decoder concatenation 58 MB); ``M_TRIM_THRESHOLD`` at its maximum: freed memory stays in the
+heap for the next batch; ``M_TOP_PAD`` 256 MiB: the heap grows in large steps. Measured on the paper-size
+model at batch 4: 1.9 M minor faults per forward → 0, 1.5–2× less CPU per item."""
+
+
+class FastPathError(UssBenchError):
+    """The prepared (fast) model's output differs from the plain float32 module's beyond the limit."""
+
+
+_ALLOCATOR: dict[str, Any] | None = None
+
+
+def tune_allocator() -> dict[str, Any]:
+    """Keep freed memory in glibc's heap (:data:`MALLOPT_SETTINGS`, ``mallopt`` via ctypes), once per process.
+
+    Without it glibc ``mmap``s every block above its (dynamic, ≤ 32 MiB) threshold and ``munmap``s it on
+    free, so each forward pays page faults on gigabytes of fresh zeroed pages. With these settings freed
+    activations stay in the heap and are reused; the cost is that the process keeps its peak heap until
+    it exits (measured in ``benchmarks/bench_eval.py``). The numbers computed do not change. Call it
+    before the first large allocation; a no-op off glibc (macOS, musl, Windows).
+
+    Returns:
+        ``{"applied": bool, "mallopt": {name: value}}``, or ``{"applied": False, "reason": ...}``.
+    """
+    global _ALLOCATOR
+    if _ALLOCATOR is not None:
+        return _ALLOCATOR
+    info: dict[str, Any] = {"applied": False}
+    if not sys.platform.startswith("linux"):
+        info["reason"] = f"not glibc ({sys.platform})"
+    else:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            mallopt = libc.mallopt
+        except (OSError, AttributeError) as exc:
+            info["reason"] = f"no glibc mallopt: {exc}"
+        else:
+            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+            done = {name: value for name, (param, value) in MALLOPT_SETTINGS.items() if mallopt(param, value) == 1}
+            info = {"applied": len(done) == len(MALLOPT_SETTINGS), "mallopt": done}
+    _ALLOCATOR = info
+    return info
+
+
+def enabled() -> bool:
+    """Whether the fast path is on (default) rather than turned off with ``USS_BENCH_FAST=0``."""
+    return os.environ.get(FAST_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as ``(scale, shift)``: ``bn(x) = x·scale + shift`` per channel, ``(C,)`` each."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+def _as_4d(v: torch.Tensor) -> torch.Tensor:
+    return v.detach().reshape(1, -1, 1, 1).clone()
+
+
+def _channels_last(w: torch.Tensor) -> torch.Tensor:
+    return w.detach().contiguous(memory_format=torch.channels_last) if w.dim() == 4 else w.detach().clone()
+
+
+class _PreAct(nn.Module):
+    """``lrelu(bn(x) + β(condition))`` as ``lrelu_(addcmul(t + β, x, s))``; β from the block's FiLM Linear."""
+
+    def __init__(self, bn: nn.BatchNorm2d, beta: nn.Linear):
+        super().__init__()
+        scale, shift = _bn_affine(bn)
+        self.register_buffer("scale", _as_4d(scale))
+        self.register_buffer("shift", _as_4d(shift))
+        self.beta = beta
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        offset = self.beta(condition)[:, :, None, None] + self.shift
+        return F.leaky_relu_(torch.addcmul(offset, x, self.scale), _LEAKY_SLOPE)
+
+
+class FusedConvBlockRes(nn.Module):
+    """:class:`~harness.models.resunet.ConvBlockRes` with ``bn2`` folded into ``conv1`` (same outputs).
+
+    ``h = conv1'(lrelu(bn1(x) + β1)) + (t2 + β2)``, ``h = conv2(lrelu_(h))``, ``out = shortcut(x) + h``;
+    ``conv1' = s2 ⊙ conv1`` per output channel, ``(s2, t2)`` the affine form of ``bn2``.
+
+    Shape: as ConvBlockRes; activations are channels-last.
+    """
+
+    def __init__(self, block: ConvBlockRes):
+        super().__init__()
+        self.pre1 = _PreAct(block.bn1, block.beta1)
+        scale2, shift2 = _bn_affine(block.bn2)
+        self.conv1_weight = nn.Parameter(_channels_last(block.conv1.weight * scale2[:, None, None, None]),
+                                         requires_grad=False)
+        self.register_buffer("shift2", _as_4d(shift2))
+        self.beta2 = block.beta2
+        self.conv2_weight = nn.Parameter(_channels_last(block.conv2.weight), requires_grad=False)
+        self.shortcut = None
+        if block.shortcut is not None:
+            self.shortcut = nn.Conv2d(block.shortcut.in_channels, block.shortcut.out_channels, kernel_size=1)
+            self.shortcut.weight = nn.Parameter(_channels_last(block.shortcut.weight), requires_grad=False)
+            self.shortcut.bias = nn.Parameter(block.shortcut.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        h = F.conv2d(self.pre1(x, condition), self.conv1_weight, padding=1)
+        h += self.beta2(condition)[:, :, None, None] + self.shift2
+        h = F.conv2d(F.leaky_relu_(h, _LEAKY_SLOPE), self.conv2_weight, padding=1)
+        h += x if self.shortcut is None else self.shortcut(x)
+        return h
+
+
+class FusedDecoderBlockRes1B(nn.Module):
+    """:class:`~harness.models.resunet.DecoderBlockRes1B` with the fused pre-activation and block (same outputs)."""
+
+    def __init__(self, block: DecoderBlockRes1B):
+        super().__init__()
+        self.pre1 = _PreAct(block.bn1, block.beta1)
+        self.up = block.conv1.stride
+        self.conv1_weight = nn.Parameter(_channels_last(block.conv1.weight), requires_grad=False)
+        self.conv_block2 = FusedConvBlockRes(block.conv_block2)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        h = F.conv_transpose2d(self.pre1(x, condition), self.conv1_weight, stride=self.up)
+        return self.conv_block2(torch.cat([h, skip], dim=1), condition)
+
+
+def prepare_for_inference(model: ResUNet30) -> ResUNet30:
+    """An eval-mode copy of ``model`` rewritten for inference (module docstring); ``model`` is untouched.
+
+    The copy shares nothing mutable with ``model`` (folded weights are new tensors), has no gradients and
+    keeps ``condition_size``, ``condition_type``, ``spectrum``/``resynthesise`` and the call signature.
+    Call it under :func:`torch.inference_mode` for speed.
+
+    Raises:
+        TypeError: ``model`` is not a ResUNet30.
+    """
+    if not isinstance(model, ResUNet30):
+        raise TypeError(f"prepare_for_inference needs a ResUNet30, got {type(model).__name__}")
+    with torch.no_grad():
+        prepared = copy.deepcopy(model).eval()
+        for name, module in list(prepared.named_children()):
+            if hasattr(module, "conv_block1") and isinstance(module.conv_block1, ConvBlockRes):
+                module.conv_block1 = FusedConvBlockRes(module.conv_block1)
+            elif isinstance(module, DecoderBlockRes1B):
+                setattr(prepared, name, FusedDecoderBlockRes1B(module))
+        prepared.after_conv.weight.data = _channels_last(prepared.after_conv.weight)
+        prepared.pre_conv.weight.data = _channels_last(prepared.pre_conv.weight)
+    for p in prepared.parameters():
+        p.requires_grad_(False)
+    prepared.fast_prepared = True
+    return prepared
+
+
+def relative_difference(actual: torch.Tensor, reference: torch.Tensor) -> float:
+    """``max|actual − reference| / max|reference|`` in float64 (0 when both are all zero)."""
+    a, r = actual.detach().double().cpu(), reference.detach().double().cpu()
+    peak = float(r.abs().max()) if r.numel() else 0.0
+    diff = float((a - r).abs().max()) if r.numel() else 0.0
+    return diff / peak if peak > 0 else (0.0 if diff == 0 else float("inf"))
+
+
+def _version(model: nn.Module) -> tuple:
+    """Identity of the model's current weights: the in-place version counters of its tensors."""
+    return tuple(t._version for t in (*model.parameters(), *model.buffers()))
+
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PREPARE = prepare_for_inference  # the preparation checked_forward uses (tests swap in a broken one)
+
+
+def checked_forward(model: nn.Module, mixture: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    """``model(mixture, condition)`` in eval/inference mode through the checked fast path.
+
+    A ResUNet30 is prepared on first use (and again when its weights changed); that first batch also runs
+    the plain module and the two outputs are compared. ``model.inference_report`` then holds
+    ``{"fast_path", "fidelity_max_rel_diff", "fidelity_limit", "prepare_s", "allocator", ...}``. Any other
+    module, or ``USS_BENCH_FAST=0``, runs as it is.
+
+    Shape: as the model's forward (``(B, 1, L)`` and ``(B or 1, D)`` → ``(B, 1, L)``).
+
+    Raises:
+        FastPathError: the prepared model's output differs by more than :data:`FIDELITY_LIMIT` of peak.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            if not isinstance(model, ResUNet30) or not enabled():
+                if isinstance(model, ResUNet30):
+                    model.inference_report = {"fast_path": False, "reason": f"{FAST_ENV}=0"}
+                return model(mixture, condition)
+            version = _version(model)
+            entry = _CACHE.get(model)
+            if entry is not None and entry[0] == version:
+                return entry[1](mixture, condition)
+            allocator = tune_allocator()
+            t0 = time.perf_counter()
+            prepared = _PREPARE(model)
+            prepare_s = time.perf_counter() - t0
+            reference = model(mixture, condition)
+            out = prepared(mixture, condition)
+            rel = relative_difference(out, reference)
+            report = {"fast_path": True, "fidelity_max_rel_diff": rel, "fidelity_limit": FIDELITY_LIMIT,
+                      "fidelity_batch": int(mixture.shape[0]), "prepare_s": round(prepare_s, 3),
+                      "allocator": allocator, "memory_format": "channels_last", "dtype": "float32",
+                      "torch_threads": torch.get_num_threads(),
+                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+            prev = getattr(model, "inference_report", None) or {}
+            model.inference_report = {**{k: v for k, v in prev.items() if k == "batch_size"}, **report}
+            if not rel <= FIDELITY_LIMIT:
+                raise FastPathError(
+                    f"the fast inference path differs from the plain float32 model by {rel:.3g} of the output's "
+                    f"peak on the first batch (limit {FIDELITY_LIMIT:g}): not used. Rerun with {FAST_ENV}=0 "
+                    "to run the plain model, and report this (torch version, CPU) as a bug"
+                )
+            _CACHE[model] = (version, prepared)
+            del reference
+            return out
+    finally:
+        model.train(was_training)

@@ -1,0 +1,166 @@
+"""The fast inference path (harness.models.fast): same outputs as the plain module, checked at start-up.
+
+Small ResUNet30 configurations with random weights and random BatchNorm statistics (the folding is only
+tested when the BatchNorms are not the identity). Tolerance: the prepared model reassociates float32
+sums (scaled conv weights, channels-last kernels), ≈ √n·2⁻²⁴ per layer of peak; over ~60 layers that is
+≤ 1e-5 of peak (measured 2e-7 here); a wrong fold (a scale or shift applied to the wrong channel or
+twice) moves the output by > 1e-2 of peak.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from harness.errors import UssBenchError
+from harness.models import fast, separate, separate_batch
+from harness.models.resunet import ResUNet30
+
+SMALL = dict(channels=(4, 8, 8, 16, 16, 16), n_fft=384)
+
+
+def _model(seed: int = 0, condition_size: int = 527) -> ResUNet30:
+    torch.manual_seed(seed)
+    model = ResUNet30(condition_size, **SMALL)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def _inputs(batch: int = 3, length: int = 16000, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return 0.1 * torch.randn(batch, 1, length, generator=g), torch.rand(batch, 527, generator=g)
+
+
+def test_prepared_model_matches_the_plain_module():
+    model = _model()
+    x, c = _inputs()
+    with torch.inference_mode():
+        ref = model(x, c)
+        prepared = fast.prepare_for_inference(model)
+        out = prepared(x, c)
+        broadcast = prepared(x, c[:1])
+        broadcast_ref = model(x, c[:1])
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert fast.relative_difference(out, ref) <= 1e-5
+    assert fast.relative_difference(broadcast, broadcast_ref) <= 1e-5
+    # the original is untouched: its own BatchNorms, no fused block, still the same outputs
+    assert not hasattr(model, "fast_prepared") and isinstance(model.encoder_block1.conv_block1.bn2,
+                                                              torch.nn.BatchNorm2d)
+    assert prepared.condition_size == 527 and prepared.condition_type == "at_soft"
+
+
+def test_folding_is_not_the_identity():
+    """The test above can fail: leaving bn2 out of the fused block moves the output far beyond 1e-5."""
+    model = _model()
+    x, c = _inputs()
+    with torch.inference_mode():
+        prepared = fast.prepare_for_inference(model)
+        ref = model(x, c)
+        block = prepared.encoder_block2.conv_block1
+        block.shift2.zero_()
+        assert fast.relative_difference(prepared(x, c), ref) > 1e-3
+
+
+def test_relative_difference_hand_worked():
+    ref = torch.tensor([1.0, -4.0, 2.0])
+    assert fast.relative_difference(ref + torch.tensor([0.0, 0.0, 0.5]), ref) == 0.5 / 4  # exact in float32
+    assert fast.relative_difference(torch.zeros(2), torch.zeros(2)) == 0.0
+
+
+def test_checked_forward_records_the_figure_and_caches():
+    model = _model()
+    x, c = _inputs()
+    calls = []
+
+    def counting(m):
+        calls.append(1)
+        return fast.prepare_for_inference(m)
+
+    old = fast._PREPARE
+    fast._PREPARE = counting
+    try:
+        first = fast.checked_forward(model, x, c)
+        second = fast.checked_forward(model, x, c)
+        assert len(calls) == 1 and torch.equal(first, second)
+        report = model.inference_report
+        assert report["fast_path"] is True and 0 <= report["fidelity_max_rel_diff"] <= 1e-5
+        assert report["fidelity_limit"] == fast.FIDELITY_LIMIT and report["memory_format"] == "channels_last"
+        with torch.no_grad():  # new weights (a training step): prepared and checked again
+            model.encoder_block1.conv_block1.conv1.weight.mul_(1.01)
+        fast.checked_forward(model, x, c)
+        assert len(calls) == 2
+    finally:
+        fast._PREPARE = old
+
+
+def test_checked_forward_refuses_a_broken_preparation():
+    """A preparation that mis-folds one BatchNorm (scale applied twice) is caught on the first batch."""
+    model = _model()
+    x, c = _inputs()
+
+    def broken(m):
+        prepared = fast.prepare_for_inference(m)
+        w = prepared.decoder_block3.conv_block2.conv1_weight
+        scale, _ = fast._bn_affine(m.decoder_block3.conv_block2.bn2)
+        w.mul_(scale[:, None, None, None])
+        return prepared
+
+    old = fast._PREPARE
+    fast._PREPARE = broken
+    try:
+        with pytest.raises(fast.FastPathError, match="differs from the plain float32 model") as info:
+            separate_batch(model, x[:, 0].numpy(), c.numpy(), batch_size=2)
+        assert isinstance(info.value, UssBenchError)  # the CLI shows one line, exit 2
+        assert model.inference_report["fidelity_max_rel_diff"] > fast.FIDELITY_LIMIT
+        assert model not in fast._CACHE  # never used after the refusal
+    finally:
+        fast._PREPARE = old
+
+
+def test_separate_batch_fast_equals_plain(monkeypatch):
+    model = _model(seed=3)
+    x, c = _inputs(batch=5, length=64000)
+    fast_out = separate_batch(model, x[:, 0].numpy(), c.numpy(), batch_size=2)
+    monkeypatch.setenv(fast.FAST_ENV, "0")
+    plain_out = separate_batch(model, x[:, 0].numpy(), c.numpy(), batch_size=2)
+    assert model.inference_report == {"fast_path": False, "reason": f"{fast.FAST_ENV}=0"}
+    peak = np.abs(plain_out).max()
+    assert np.abs(fast_out - plain_out).max() <= 1e-5 * peak
+    # long-signal path too, with its (1, D) broadcast condition
+    monkeypatch.delenv(fast.FAST_ENV)
+    long = separate(model, x[:2, 0].reshape(-1).numpy()[:100000], c[0].numpy(), batch_size=2)
+    assert long.shape == (100000,)
+
+
+def test_checked_forward_keeps_training_mode_and_passes_other_modules_through():
+    model = _model().train()
+    x, c = _inputs(batch=2)
+    fast.checked_forward(model, x, c)
+    assert model.training
+
+    class Stub(torch.nn.Module):
+        def forward(self, mixture, condition):
+            return mixture * 2
+
+    assert torch.equal(fast.checked_forward(Stub(), x, c), x * 2)
+
+
+def test_prepare_rejects_other_modules():
+    with pytest.raises(TypeError, match="ResUNet30"):
+        fast.prepare_for_inference(torch.nn.Linear(2, 2))
+
+
+def test_tune_allocator_is_idempotent():
+    first = fast.tune_allocator()
+    assert fast.tune_allocator() is first
+    if first["applied"]:
+        assert first["mallopt"]["M_MMAP_MAX"] == 0
+    else:
+        assert first["reason"]
