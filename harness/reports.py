@@ -385,10 +385,13 @@ def detail_rows(items: pd.DataFrame, systems: list[str]) -> list[dict]:
 
 
 def status_rows(items: pd.DataFrame) -> list[dict]:
-    """Per system and dataset: rows, ``ok`` rows and ``{status: count}`` of the others."""
+    """Per system and dataset: rows, ``ok`` rows and ``{status kind: count}`` of the others.
+
+    A status of an older run that embeds its detail (``read_error: /path/x.wav …``) counts under its kind
+    (``read_error``), as :func:`harness.evaluate.split_status` stores it now."""
     out = []
     for (system, dataset), sub in items.groupby(["system", "dataset"], sort=False):
-        counts = sub["status"].value_counts()
+        counts = sub["status"].astype(str).str.split(": ", n=1).str[0].value_counts()
         out.append({"system": system, "dataset": dataset, "rows": len(sub), "ok": int(counts.get("ok", 0)),
                     "other": {str(k): int(v) for k, v in counts.items() if k != "ok"}})
     return out
