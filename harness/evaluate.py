@@ -37,6 +37,9 @@ leaves only whole parts. With ``resume`` the (dataset, condition, item_id) rows 
 are kept and only the others are evaluated (a unit with some rows done is separated whole, for the same
 estimates, and only its missing rows are scored); without it the dataset's parts are removed first.
 Resuming into parts written for another system, checkpoint or build raises :class:`UssBenchError`.
+A run holds the folder's lock ``<out>/eval.lock`` (:mod:`harness.runlock`) from before it touches the
+parts until ``run.json`` is written, so a second eval into the folder is refused instead of deleting the
+first one's parts; holding it, rank 0 removes the temporary files that killed runs left there.
 ``items.parquet`` is the merge of the parts: rows of the manifest (``--limit``) only, in condition
 order then manifest order; a duplicate row that agrees with the first (same metrics and status) is
 dropped, keeping the first in part-file order, and logged; duplicates that disagree, a part without a

@@ -385,10 +385,13 @@ def detail_rows(items: pd.DataFrame, systems: list[str]) -> list[dict]:
 
 
 def status_rows(items: pd.DataFrame) -> list[dict]:
-    """Per system and dataset: rows, ``ok`` rows and ``{status: count}`` of the others."""
+    """Per system and dataset: rows, ``ok`` rows and ``{status kind: count}`` of the others.
+
+    A status of an older run that embeds its detail (``read_error: /path/x.wav …``) counts under its kind
+    (``read_error``), as :func:`harness.evaluate.split_status` stores it now."""
     out = []
     for (system, dataset), sub in items.groupby(["system", "dataset"], sort=False):
-        counts = sub["status"].value_counts()
+        counts = sub["status"].astype(str).str.split(": ", n=1).str[0].value_counts()
         out.append({"system": system, "dataset": dataset, "rows": len(sub), "ok": int(counts.get("ok", 0)),
                     "other": {str(k): int(v) for k, v in counts.items() if k != "ok"}})
     return out
@@ -572,20 +575,30 @@ def _run_folder(run: str | Path) -> Path:
 def check_same_sets(base: str | Path, cand: str | Path) -> None:
     """Refuse two runs whose ``run.json`` record different build digests for a dataset.
 
-    Runs without a ``run.json`` (a committed baseline of items only) record no digests and pass.
+    A run's digests come from its ``run.json``, a report folder's from the runs its ``sources.json``
+    names; runs without either (a committed baseline of items only) record no digests and pass.
 
     Raises:
         UssBenchError: names the dataset and both digests.
     """
-    da, _ = _run_meta(_run_folder(base))
-    db, _ = _run_meta(_run_folder(cand))
+    da, db = _set_digests(base), _set_digests(cand)
     differ = [d for d in sorted(set(da) & set(db)) if da[d] != db[d]]
     if differ:
         d = differ[0]
+        show = [", ".join(f"{v[:12]}…" for v in sorted(x[d])) for x in (da, db)]
         raise UssBenchError(
             f"{base} and {cand} evaluated {', '.join(differ)} on different sets (build digest of {d}: "
-            f"{da[d][:12]}… vs {db[d][:12]}…): their items do not pair. Evaluate both on one build, or pass "
+            f"{show[0]} vs {show[1]}): their items do not pair. Evaluate both on one build, or pass "
             "--allow-different-sets to compare them anyway")
+
+
+def _set_digests(run: str | Path) -> dict[str, set[str]]:
+    """``{dataset: build digests}`` of a run folder or report folder (:func:`run_sources`)."""
+    out: dict[str, set[str]] = {}
+    for src in run_sources(_run_folder(run)):
+        for dataset, digest in src.digests.items():
+            out.setdefault(dataset, set()).add(digest)
+    return out
 
 
 def _metric_note(metric: str, a: pd.DataFrame, b: pd.DataFrame) -> str:

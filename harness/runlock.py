@@ -4,10 +4,12 @@ Without it a second ``eval`` into a running one's folder removed the first's par
 first failed at its merge after doing all its work (issue 15 #5: data loss).
 
 The lock is the file ``<out>/eval.lock``, created exclusively (``O_CREAT | O_EXCL``, atomic on local
-file systems and NFSv3+), holding JSON ``{"pid", "host", "started", "command"}`` of its owner, and
+file systems and NFSv3+), holding JSON ``{"pid", "host", "boot_id", "start_ticks", "started", "command"}`` of its owner, and
 removed when the owner's run ends (also on an error or Ctrl-C). A lock left by a killed run is *stale*
 when its host is this host and its PID is no longer running; it is reported, and broken by
-``--break-lock``, or by ``--resume`` (which keeps the killed run's rows: the usual way to continue it). A lock of another host cannot be checked from here: ``--break-lock`` breaks it too
+``--break-lock``, or by ``--resume`` (which keeps the killed run's rows: the usual way to continue it).
+The lock also records the boot id and the owner's start time (Linux ``/proc``), so that a PID reused by
+another process after the owner died does not keep the lock alive. A lock of another host cannot be checked from here: ``--break-lock`` breaks it too
 (the user vouches that the run there is gone). A lock whose owner is alive on this host is never broken.
 """
 
@@ -48,6 +50,24 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22), or
+    ``None`` where ``/proc`` cannot tell (not Linux, no such process)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])  # fields after "(comm)" start at field 3
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def boot_id() -> str | None:
+    """This boot's id (Linux ``/proc/sys/kernel/random/boot_id``), or ``None``."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
 def read_lock(path: Path) -> dict[str, Any]:
     """The owner recorded in a lock file; ``{}`` for an unreadable or half-written one."""
     try:
@@ -72,7 +92,15 @@ def lock_state(owner: dict[str, Any]) -> str:
         pid = int(owner.get("pid"))
     except (TypeError, ValueError):
         return "foreign"
-    return "alive" if pid_alive(pid) else "stale"
+    if not pid_alive(pid):
+        return "stale"
+    # the PID runs, but it may be another process that got the number (after a reboot, or much later)
+    if owner.get("boot_id") and boot_id() and owner["boot_id"] != boot_id():
+        return "stale"
+    start = process_start(pid)
+    if owner.get("start_ticks") is not None and start is not None and int(owner["start_ticks"]) != start:
+        return "stale"
+    return "alive"
 
 
 def acquire(out: Path, break_lock: bool = False, resume: bool = False) -> Path:
@@ -100,7 +128,7 @@ def acquire(out: Path, break_lock: bool = False, resume: bool = False) -> Path:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UssBenchError(f"cannot create the run folder {out}: {exc.strerror or exc}") from exc
-    me = {"pid": os.getpid(), "host": socket.gethostname(),
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "boot_id": boot_id(), "start_ticks": process_start(os.getpid()),
           "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "command": sys.argv}
     for _attempt in range(2):
         try:

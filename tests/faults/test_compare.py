@@ -92,3 +92,23 @@ def test_a_run_without_a_metric_column_is_reported_not_a_crash(base, tmp_path, c
     # the other way round: the baseline lacks it, the candidate's values cannot regress against nothing
     r = cli("compare", cand, base)
     assert r.returncode == 0 and "missing in base" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_report_folder_carries_its_runs_digests(base, tmp_path, cli):
+    frame = pd.read_parquet(base / "items.parquet")
+    report = _run(tmp_path / "report", frame)  # a report of runs: digests in sources.json, no run.json
+    (report / "sources.json").write_text(json.dumps({"runs": [
+        {"path": str(base), "label": "base", "systems": {"s": "s"}, "digests": {"fsd50k": "c" * 64}}]}))
+    r = cli("compare", base, report)
+    assert r.returncode == 2 and "fsd50k" in r.stderr and "cccccccccccc" in r.stderr, r.stdout + r.stderr
+
+
+def test_multi_system_candidate_missing_a_system_is_a_regression(tmp_path, cli):
+    a = pd.concat([_items("fsd50k").assign(system=s) for s in ("x", "y")], ignore_index=True)
+    base = _run(tmp_path / "base", a)
+    cand = _run(tmp_path / "cand", a[a["system"] == "x"].assign(system="x"))
+    cand_both = _run(tmp_path / "cand2", a)
+    assert compare_runs(base, cand_both).missing == 0
+    cmp = compare_runs(base, cand)
+    assert cmp.missing == 4 and cmp.failed
+    assert cli("compare", base, cand).returncode == 1

@@ -99,3 +99,29 @@ def test_out_naming_a_file_is_a_usage_error(fsd50k_workdir, tmp_path, cli):
     out.write_text("x")
     r = cli("eval", "fsd50k", "--baseline", "mixture", "--workdir", fsd50k_workdir, "--out", out, "-q")
     assert r.returncode == 2 and str(out) in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_reused_pid_does_not_keep_a_lock_alive(fsd50k_workdir, tmp_path, running_owner):
+    from harness.runlock import lock_state, process_start
+
+    owner = {"pid": running_owner, "host": socket.gethostname(), "start_ticks": process_start(running_owner)}
+    assert lock_state(owner) == "alive"
+    assert lock_state({**owner, "start_ticks": owner["start_ticks"] - 1}) == "stale"  # another process's number
+    assert lock_state({**owner, "boot_id": "0000-before-a-reboot"}) == "stale"
+
+
+def test_the_lock_names_its_owner(fsd50k_workdir, tmp_path, monkeypatch):
+    import os
+
+    from harness.runlock import read_lock
+
+    seen = {}
+    real = run_eval.__globals__["_run_eval_locked"]
+
+    def spy(system, opts, *a, **k):
+        seen.update(read_lock(opts.out / LOCK_NAME))
+        return real(system, opts, *a, **k)
+
+    monkeypatch.setitem(run_eval.__globals__, "_run_eval_locked", spy)
+    run_eval(MixtureBaseline(), EvalOptions(datasets=["fsd50k"], workdir=fsd50k_workdir, out=tmp_path / "run"))
+    assert seen["pid"] == os.getpid() and seen["host"] == socket.gethostname() and seen["start_ticks"] is not None

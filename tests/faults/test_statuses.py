@@ -62,3 +62,17 @@ def test_strict_passes_a_healthy_run(voicebank_workdir, tmp_path, capsys, run_cl
     args = ["eval", "voicebank-demand", "--baseline", "mixture", "--workdir", voicebank_workdir, "-q", "--strict"]
     assert run_cli([*args, "--out", tmp_path / "a"]) == 0
     assert "failed to score" not in capsys.readouterr().err
+
+
+def test_summary_of_an_older_run_groups_statuses_by_kind(tmp_path):
+    from harness.reports import render_report
+
+    rows = [{"system": "s", "dataset": "fsd50k", "split": "test", "condition": "none", "item_id": f"i{k}",
+             "class_id": 0, "label": "a", "sdr": 1.0, "sdri": 1.0, "status": "ok", "seconds": 0.0} for k in range(3)]
+    items = items_frame(rows).drop(columns="status_detail")
+    items.loc[1, "status"] = "read_error: /data/fsd50k/1.wav: truncated"  # as written before status_detail
+    items.loc[2, "status"] = "read_error: /data/fsd50k/2.wav: truncated"
+    assert status_rows(items)[0]["other"] == {"read_error": 2}
+    items.to_parquet(tmp_path / "items.parquet")
+    text = render_report(tmp_path).summary.read_text()
+    assert "read_error: 2" in text and "/data/fsd50k" not in text
