@@ -201,8 +201,14 @@ def build_mixtures_cmd(
 def eval_cmd(
     datasets: Annotated[list[str] | None, typer.Argument(help="datasets to evaluate")] = None,
     all_: Annotated[bool, typer.Option("--all", help="every dataset built in the workdir")] = False,
-    baseline: Annotated[str | None, typer.Option(help="mixture | oracle-irm")] = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="separator checkpoint (.ckpt, .pth, .safetensors)")] = None,
+    system_name: Annotated[str | None, typer.Option("--system", help=(
+        "system to evaluate: a registered name (`uss-bench systems`), an entry point of group uss_bench.systems, "
+        "or FILE.py:ATTR / package.module:ATTR (a System subclass or a factory)"))] = None,
+    system_arg: Annotated[list[str] | None, typer.Option("--system-arg", help=(
+        "KEY=VALUE keyword argument of the system (repeatable)"))] = None,
+    baseline: Annotated[str | None, typer.Option(help="mixture | oracle-irm (short for --system NAME)")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="separator checkpoint (.ckpt, .pth, .safetensors); short "
+                                                         "for --system uss --system-arg checkpoint=CKPT")] = None,
     workdir: WorkdirOpt = None,
     out: Annotated[Path | None, typer.Option(help="run folder [reports/<system>]")] = None,
     split: str = "test",
@@ -225,41 +231,33 @@ def eval_cmd(
              "comes first, so a killed run loses little")] = 256,
     quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate a baseline or a checkpoint; write items.parquet, summary.md and run.json.
+    """Evaluate a system (a baseline, a checkpoint, any plug-in); write items.parquet, summary.md and run.json.
 
     Under `torchrun --nproc-per-node N -m harness eval ...` each rank evaluates every N-th batch and
     rank 0 merges the parts.
     """
-    from harness.evaluate import BASELINES, EvalOptions, resolve_datasets, run_eval
+    from harness.evaluate import EvalOptions, resolve_datasets, run_eval
     from harness.parallel import distributed
     from harness.reports import render_report
-    from harness.systems import CONDITIONS
+    from harness.systems import resolve_spec
 
-    if (baseline is None) == (checkpoint is None):
-        raise ConfigError("pass exactly one of --baseline mixture|oracle-irm and --checkpoint CKPT")
-    if baseline is not None:
-        check_choice("--baseline", baseline, BASELINES)
-        if condition is not None:
-            raise ConfigError(f"--condition {condition} applies to a --checkpoint system; the {baseline} baseline "
-                              "takes no query: drop --condition")
-    condition = check_choice("--condition", condition or "average", CONDITIONS)  # before the set is looked up
+    spec_name, sys_args = _system_choice(system_name, system_arg or [], baseline, checkpoint, condition)
+    spec = resolve_spec(spec_name)  # before the sets are looked up: a misspelt name fails first
     wd = _workdir(workdir)
     names, absent = resolve_datasets(datasets or [], all_, wd, split)
     with distributed(device) as ranks:
-        if baseline is not None:
-            system = BASELINES[baseline]()
-        else:
-            from harness.systems import CheckpointSystem
+        from harness.systems import build_system
 
-            system = CheckpointSystem(checkpoint, workdir=wd, condition=condition, device=ranks.device(device),
-                                      batch_size=batch_size)
+        system = build_system(spec, sys_args, {"workdir": wd, "device": ranks.device(device),
+                                               "batch_size": batch_size})
+        condition = sys_args.get("condition")
         if absent and ranks.is_main:
             console.print(f"--all: not built in {wd}/mixtures, skipped: {', '.join(absent)}")
         run_dir = out or Path("reports") / system.name.replace(":", "-")
         opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, batch_size=batch_size, jobs=jobs,
                            limit=limit, resume=resume, executor=executor, scheduler=scheduler,
                            part_items=part_items, extra={"device": ranks.device(device),
-                                                         **({} if baseline else {"condition": condition})})
+                                                         **({"condition": condition} if condition else {})})
         opts.check()
         with _progress(quiet or not ranks.is_main) as update:
             run = run_eval(system, opts, progress=lambda d, done, total: update(f"{d} eval", done, total),
@@ -272,6 +270,62 @@ def eval_cmd(
     console.print(f"items: {run_dir}/items.parquet ({sum(sum(c.values()) for c in run['counts'].values())} rows, "
                   f"{sum(v['computed'] for v in items.values())} computed now, "
                   f"{sum(v['resumed'] for v in items.values())} resumed), summary: {report.summary}")
+
+
+def _system_choice(system_name: str | None, system_arg: list[str], baseline: str | None, checkpoint: Path | None,
+                   condition: str | None) -> tuple[str, dict[str, str]]:
+    """``--system``/``--system-arg`` or their short forms ``--baseline`` / ``--checkpoint [--condition]`` →
+    ``(registry name, args)``; checked before any work.
+
+    Raises:
+        ConfigError: none or several of the three given, an unknown baseline or condition, ``--condition`` for
+            a system without it.
+    """
+    from harness.evaluate import BASELINES
+    from harness.systems import CONDITIONS, parse_system_args
+
+    given = [o for o, v in (("--system", system_name), ("--baseline", baseline), ("--checkpoint", checkpoint))
+             if v is not None]
+    if len(given) != 1:
+        raise ConfigError("pass exactly one of --system NAME, --baseline mixture|oracle-irm and --checkpoint CKPT")
+    args = parse_system_args(system_arg)
+    if baseline is not None:
+        check_choice("--baseline", baseline, BASELINES)
+        if condition is not None:
+            raise ConfigError(f"--condition {condition} applies to a --checkpoint system; the {baseline} baseline "
+                              "takes no query: drop --condition")
+        return baseline, args
+    if checkpoint is not None:
+        args = {"checkpoint": str(checkpoint), **args}
+        args["condition"] = check_choice("--condition", condition or args.get("condition", "average"), CONDITIONS)
+        return "uss", args
+    if condition is not None:
+        if system_name != "uss":
+            raise ConfigError(f"--condition {condition} applies to the uss system; pass the system's own options "
+                              "as --system-arg KEY=VALUE")
+        args["condition"] = check_choice("--condition", condition, CONDITIONS)
+    return system_name, args
+
+
+@app.command()
+def systems() -> None:
+    """List the systems eval can run: name, description, query modes (primary first), sample rate."""
+    from harness.systems import ENTRY_POINT_GROUP, known_system_names, resolve_spec
+
+    table = Table(title="uss-bench systems (eval --system NAME)")
+    for col in ("system", "description", "query modes", "sample rate", "from"):
+        table.add_column(col, overflow="fold")
+    for name in known_system_names():
+        try:
+            spec = resolve_spec(name)
+        except UssBenchError as exc:
+            table.add_row(escape(name), f"[red]{escape(str(exc))}[/red]", "", "", "entry point")
+            continue
+        table.add_row(escape(name), escape(spec.description), ", ".join(spec.query_modes),
+                      f"{spec.sample_rate} Hz", escape(spec.origin))
+    console.print(table)
+    console.print(f"also: --system FILE.py:ATTR or package.module:ATTR, and entry points of group {ENTRY_POINT_GROUP}",
+                  markup=False, highlight=False)
 
 
 @app.command("embed-queries")

@@ -5,7 +5,9 @@ One row per (item, condition) goes to ``<out>/items.parquet`` (DESIGN §7): ids,
 that cannot be scored are kept as rows with a status, never dropped; aggregates skip them and the
 report counts them.
 
-Systems plug in through :class:`System`; the corpus, metric and report code never changes for a new one.
+Systems plug in through :class:`harness.systems.System` (re-exported here); the corpus, metric and report
+code never changes for a new one. Only an oracle system (``System.is_oracle``) is handed the target; every
+other one gets ``target=None`` and one :class:`harness.queries.Query` per item.
 
 **Pipeline.** Per dataset and condition the work is cut into *units*: a block of ``batch_size``
 consecutive manifest rows of a fixed-length set (2-s items read from ``mixtures.h5``), or one whole
@@ -50,6 +52,7 @@ sets, tracks for whole-track sets); each rank writes its own parts; rank 0 waits
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -60,7 +63,6 @@ import shutil
 import subprocess
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,12 +80,17 @@ from harness.audio import AudioRef
 from harness.config import REPO_ROOT, load_dataset_config
 from harness.datasets import get_corpus
 from harness.datasets.store import EvalSet, atomic_write_parquet, atomic_write_text, built_datasets, open_set
-from harness.errors import ConfigError, UssBenchError
-from harness.models import spectral
+from harness.errors import ConfigError, UssBenchError, check_choice
 from harness.parallel import Ranks
+from harness.queries import Query, display_name
 from harness.scoring import METRIC_COLUMNS, score_task, unscored
 from harness.scoring import score as score  # public here too: harness.evaluate.score
 from harness.scoring import score_batch as score_batch
+from harness.systems import BASELINES as BASELINES  # re-exported: older imports keep working
+from harness.systems import MixtureBaseline as MixtureBaseline
+from harness.systems import OracleIRM as OracleIRM
+from harness.systems import System as System
+from harness.systems import describe_system
 
 log = logging.getLogger(__name__)
 
@@ -98,80 +105,6 @@ PART_SECONDS = 60.0
 
 PREFETCH = 2
 """Units the reader thread reads ahead of the separation."""
-
-
-class System(ABC):
-    """Something that separates: a baseline or a query-conditioned model.
-
-    ``separate`` receives a batch of mixtures with the items' rows; it may use the target only when the
-    system is an oracle (e.g. :class:`OracleIRM`) or for ``condition="oracle"`` query embeddings.
-    """
-
-    name: str
-    """What was evaluated, e.g. ``"baseline:mixture"``; the ``system`` column."""
-    checkpoint_sha256: str | None = None
-
-    def conditions(self, dataset: str) -> tuple[str, ...]:
-        """Query conditions evaluated on ``dataset`` (``"none"`` for systems without a query)."""
-        return ("none",)
-
-    def prepare(self, dataset: str) -> None:
-        """Load what evaluating ``dataset`` needs (e.g. its query set); raise UssBenchError if absent."""
-        return None
-
-    def unscorable(self, items: pd.DataFrame, condition: str) -> dict[str, str]:
-        """``{item_id: status}`` of the items this system cannot separate (e.g. no query for the class)."""
-        return {}
-
-    @abstractmethod
-    def separate(self, mixture: np.ndarray, target: np.ndarray, items: pd.DataFrame,
-                 condition: str) -> np.ndarray:
-        """Separate a batch.
-
-        Args:
-            mixture, target: float32 ``(B, L)`` at 32 kHz.
-            items: the ``B`` manifest rows (``dataset``, ``label``, ``class_id``…).
-            condition: one of :meth:`conditions`.
-
-        Returns:
-            float32 ``(B, L)`` estimates of the targets.
-        """
-
-
-class MixtureBaseline(System):
-    """Returns the mixture: SDRi is 0 dB by construction (a sanity floor)."""
-
-    name = "baseline:mixture"
-
-    def separate(self, mixture, target, items, condition):
-        return np.array(mixture, dtype=np.float32, copy=True)
-
-
-class OracleIRM(System):
-    """Ideal ratio mask from the target and the interferer (``mixture − target``): an upper bound.
-
-    ``M = sqrt(|S|² / (|S|² + |N|²))`` on a 2048-point STFT with hop 320 (the separator's own STFT,
-    SEMANTICS §3.2), periodic Hann window, applied to the mixture STFT and inverted with ``torch.istft``.
-    Time-frequency bins where both are silent get mask 0.
-    """
-
-    name = "baseline:oracle-irm"
-    n_fft = 2048
-    hop = 320
-
-    def separate(self, mixture, target, items, condition):
-        mix = torch.from_numpy(np.asarray(mixture, dtype=np.float32))
-        tgt = torch.from_numpy(np.asarray(target, dtype=np.float32))
-        window = torch.hann_window(self.n_fft, periodic=True)
-        m, s = spectral.stft(mix, window, self.hop), spectral.stft(tgt, window, self.hop)
-        n = m - s
-        ps, pn = s.abs().square(), n.abs().square()
-        mask = torch.where(ps + pn > 0, torch.sqrt(ps / (ps + pn).clamp_min(1e-20)), torch.zeros_like(ps))
-        est = spectral.istft(m * mask, window, mix.shape[-1], self.hop)
-        return est.numpy().astype(np.float32)
-
-
-BASELINES: dict[str, Callable[[], System]] = {"mixture": MixtureBaseline, "oracle-irm": OracleIRM}
 
 
 @dataclass
@@ -495,12 +428,62 @@ def _separate(system: System, unit: _Unit, condition: str) -> None:
     if not keep.any():
         return
     t0 = time.perf_counter()
-    if keep.all():
-        unit.est = np.asarray(system.separate(unit.mix, unit.ref, unit.items, condition))
-    else:
-        unit.est = np.asarray(system.separate(unit.mix[keep], unit.ref[keep], unit.items[keep], condition))
+    mix, ref, items = (unit.mix, unit.ref, unit.items) if keep.all() else \
+        (unit.mix[keep], unit.ref[keep], unit.items[keep])
+    unit.est = call_separate(system, mix, ref, items, condition)
     unit.est_row = np.cumsum(keep) - 1
     unit.seconds += time.perf_counter() - t0
+
+
+def make_queries(system: System, items: pd.DataFrame, condition: str, target: np.ndarray | None) -> list[Query]:
+    """One :class:`~harness.queries.Query` per row for ``condition`` (a query mode of ``system``).
+
+    ``embedding`` comes from ``system.average_embeddings`` in mode ``average`` (``None`` for a class without
+    one: such items are ``no_query`` rows, :meth:`System.unscorable`); ``oracle_source`` is the row's
+    target in mode ``oracle`` only.
+    """
+    table = system.average_embeddings(items["dataset"].iloc[0]) if condition == "average" else None
+    out = []
+    for i, (class_id, label) in enumerate(zip(items["class_id"].tolist(), items["label"].tolist(), strict=True)):
+        out.append(Query(condition, int(class_id), str(label), display_name(str(label)),
+                         embedding=table.get(label) if table is not None else None,
+                         oracle_source=target[i] if condition == "oracle" and target is not None else None))
+    return out
+
+
+def call_separate(system: System, mix: np.ndarray, ref: np.ndarray | None, items: pd.DataFrame,
+                  condition: str) -> np.ndarray:
+    """``system.separate`` on one batch, handing the target to oracle systems only.
+
+    A non-oracle system gets ``target=None``; the oracle query source (mode ``oracle``) travels in its
+    queries. A ``separate`` written before queries existed (four parameters) is called without them.
+
+    Returns:
+        float32 ``(B, L)``: the estimates, cut or zero-padded to the mixture's length ``L``.
+    """
+    queries = make_queries(system, items, condition, ref)
+    target = ref if system.is_oracle else None
+    if _takes_queries(system):
+        est = system.separate(mix, target, items, condition, queries=queries)
+    else:
+        est = system.separate(mix, target, items, condition)
+    est = np.asarray(est, dtype=np.float32)
+    if est.ndim == 1 and mix.shape[0] == 1:
+        est = est[None]
+    if est.shape[0] != mix.shape[0]:
+        raise UssBenchError(f"system {system.name!r} returned {est.shape[0]} estimate(s) for {mix.shape[0]} "
+                            f"mixture(s) (shape {est.shape}; expected (B, L))")
+    n = mix.shape[-1]
+    if est.shape[-1] != n:
+        est = est[:, :n] if est.shape[-1] > n else np.pad(est, ((0, 0), (0, n - est.shape[-1])))
+    return est
+
+
+def _takes_queries(system: System) -> bool:
+    try:
+        return "queries" in inspect.signature(system.separate).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _tasks(unit: _Unit, cfg: dict, n_tasks: int) -> list[tuple[np.ndarray, tuple]]:
@@ -655,6 +638,16 @@ def merge_parts(out: str | Path, evalset: EvalSet, conditions: Sequence[str], li
     return df.iloc[first, columns].reset_index(drop=True), n_dup
 
 
+def check_modes(system: System, dataset: str) -> None:
+    """Raise ConfigError when a condition of ``system`` on ``dataset`` is not one of its query modes, or is
+    ``average`` without average embeddings (after ``prepare``): a mode never yields NaN cells silently."""
+    for c in system.conditions(dataset):
+        check_choice(f"condition of system {system.name!r}", c, system.query_modes)
+        if c == "average" and system.average_embeddings(dataset) is None:
+            raise ConfigError(f"system {system.name!r} runs query mode 'average' on {dataset} but has no average "
+                              "query embeddings for it (average_embeddings returned None after prepare)")
+
+
 def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, int], None] | None = None,
              ranks: Ranks | None = None) -> dict[str, Any] | None:
     """Evaluate ``system`` on every dataset of ``opts`` and write ``items.parquet`` + ``run.json``.
@@ -680,6 +673,7 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
     sets = [open_set(opts.workdir, d, opts.split) for d in opts.datasets]
     for evalset in sets:  # fail before any work when, e.g., a query set is missing
         system.prepare(evalset.dataset)
+        check_modes(system, evalset.dataset)
     if opts.resume:
         for evalset in sets:
             _check_parts(out, system, evalset)
@@ -726,6 +720,7 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
     run = {
         "system": system.name,
         "checkpoint_sha256": system.checkpoint_sha256,
+        "system_info": describe_system(system),
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
         "datasets": opts.datasets,
         "builds": {s.dataset: {"digest": s.build["digest"], "path": str(s.path)} for s in sets},

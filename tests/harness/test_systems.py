@@ -1,0 +1,139 @@
+"""The system registry and contract: plug-ins by file, the target reaches oracle systems only, queries per item."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.errors import ConfigError
+from harness.evaluate import EvalOptions, run_eval
+from harness.mixtures import BuildOptions, build_mixtures
+from harness.systems import System, resolve_spec, resolve_system
+
+SETS = {"fsd50k": "fsd50k", "voicebank-demand": "voicebank-demand"}  # one fixed-length set, one whole-file set
+
+
+@pytest.fixture(scope="module")
+def workdir(dev_data, tmp_path_factory):
+    wd = tmp_path_factory.mktemp("work")
+    for name, folder in SETS.items():
+        build_mixtures(dev_data / folder, wd, BuildOptions(name, per_class=1, jobs=1))
+    return wd
+
+
+class Spy(System):
+    """Records what the pipeline hands it; returns the mixture."""
+
+    name = "spy"
+    query_modes = ("label", "text")
+
+    def __init__(self, oracle: bool = False):
+        self.is_oracle = oracle
+        self.calls: list[tuple] = []
+
+    def separate(self, mixture, target, items, condition, queries=None):
+        self.calls.append((mixture.copy(), None if target is None else target.copy(), items.copy(), condition,
+                           list(queries)))
+        return mixture.copy()
+
+
+def test_non_oracle_system_never_receives_the_target(workdir, tmp_path):
+    spy = Spy(oracle=False)
+    run_eval(spy, EvalOptions(datasets=list(SETS), workdir=workdir, out=tmp_path / "a"))
+    assert spy.calls and all(target is None for _, target, *_ in spy.calls)
+    oracle = Spy(oracle=True)
+    run_eval(oracle, EvalOptions(datasets=list(SETS), workdir=workdir, out=tmp_path / "b"))
+    # an oracle system gets a target of the mixture's shape that differs from the mixture
+    assert all(t is not None and t.shape == m.shape and not np.array_equal(t, m) for m, t, *_ in oracle.calls)
+
+
+def test_each_item_gets_its_query(workdir, tmp_path):
+    spy = Spy()
+    run_eval(spy, EvalOptions(datasets=["fsd50k"], workdir=workdir, out=tmp_path))
+    for _, _, items, condition, queries in spy.calls:
+        assert condition == "label"  # the primary mode: query_modes[0]
+        assert [q.class_id for q in queries] == items["class_id"].tolist()
+        assert [q.label for q in queries] == items["label"].tolist()
+        assert [q.text for q in queries] == [lab.replace("_", " ") for lab in items["label"]]
+        assert all(q.mode == "label" and q.oracle_source is None and q.embedding is None for q in queries)
+
+
+def test_average_mode_without_embeddings_is_refused(workdir, tmp_path):
+    class NoTable(Spy):
+        query_modes = ("average",)
+
+    with pytest.raises(ConfigError, match="no average query embeddings"):
+        run_eval(NoTable(), EvalOptions(datasets=["fsd50k"], workdir=workdir, out=tmp_path))
+
+
+def test_unknown_names_and_args_say_did_you_mean():
+    with pytest.raises(ConfigError, match="did you mean 'oracle-irm'"):
+        resolve_spec("oracle-ir")
+    with pytest.raises(ConfigError, match="did you mean 'checkpoint'"):
+        resolve_system("uss", {"checkpont": "x.ckpt"}, {"workdir": "w"})
+    with pytest.raises(ConfigError, match="needs --system-arg checkpoint="):
+        resolve_system("uss", {}, {"workdir": "w"})
+
+
+PLUGIN = '''
+import numpy as np
+from harness.systems import System
+
+
+class HalfGain(System):
+    """Scales the mixture by a gain."""
+
+    name = "plugin:half-gain"
+    description = "mixture times a gain"
+    sample_rate = 32000
+
+    def __init__(self, gain: float = 0.5):
+        self.gain = gain
+
+    def separate(self, mixture, target, items, condition, queries=None):
+        assert target is None
+        return (self.gain * mixture).astype(np.float32)
+
+
+def make(gain: float = 1.0):
+    return HalfGain(gain)
+'''
+
+
+def test_plugin_file_runs_on_two_datasets(workdir, tmp_path):
+    plugin = tmp_path / "my_system.py"
+    plugin.write_text(textwrap.dedent(PLUGIN))
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "harness", "eval", *SETS, "--system", f"{plugin}:HalfGain",
+                        "--system-arg", "gain=0.25", "--workdir", str(workdir), "--out", str(out), "--quiet"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    items = pd.read_parquet(out / "items.parquet")
+    assert set(items["dataset"]) == set(SETS) and (items["status"] == "ok").all()
+    assert (items["system"] == "plugin:half-gain").all()
+    # est = 0.25 · mix: SDR(ref, g·mix) = 10 log10(|r|² / |r − g·m|²), computed here independently
+    sets = {d: __import__("harness.datasets.store", fromlist=["open_set"]).open_set(workdir, d) for d in SETS}
+    fsd = items[items["dataset"] == "fsd50k"]
+    mix, ref = sets["fsd50k"].read_rows(np.arange(len(fsd)))
+    want = 10 * np.log10(np.sum(ref.astype(np.float64) ** 2, 1) / np.sum((ref - 0.25 * mix).astype(np.float64) ** 2, 1))
+    np.testing.assert_allclose(fsd["sdr"].to_numpy(), want, atol=1e-3)
+    run = json.loads((out / "run.json").read_text())
+    assert run["system_info"]["args"] == {"gain": "0.25"} and run["system_info"]["sample_rate"] == 32000
+    # a factory taking the system args as keywords, and a misspelt argument
+    r = subprocess.run([sys.executable, "-m", "harness", "eval", "fsd50k", "--system", f"{plugin}:make",
+                        "--system-arg", "gian=2", "--workdir", str(workdir), "--out", str(out), "--quiet"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "did you mean 'gain'" in r.stderr, r.stderr
+
+
+def test_systems_lists_the_registry():
+    r = subprocess.run([sys.executable, "-m", "harness", "systems"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for name in ("mixture", "oracle-irm", "uss"):
+        assert name in r.stdout
