@@ -229,6 +229,10 @@ def eval_cmd(
     part_items: Annotated[int, typer.Option(
         min=1, help="rows per part file in <out>/parts; a part is written every N rows or every minute, whichever "
              "comes first, so a killed run loses little")] = 256,
+    save_estimates: Annotated[str, typer.Option(
+        help="write estimates as <out>/estimates/<dataset>/[<condition>/]<item_id>.wav (32-bit float, the set's "
+             "rate; re-scored by `uss-bench score`): none | worst | best (5 lowest / highest SDRi per dataset) | "
+             "all")] = "none",
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a system (a baseline, a checkpoint, any plug-in); write items.parquet, summary.md and run.json.
@@ -241,6 +245,9 @@ def eval_cmd(
     from harness.reports import render_report
     from harness.systems import resolve_spec
 
+    from harness.estimates import SAVE_CHOICES
+
+    check_choice("--save-estimates", save_estimates, SAVE_CHOICES)
     spec_name, sys_args = _system_choice(system_name, system_arg or [], baseline, checkpoint, condition)
     spec = resolve_spec(spec_name)  # before the sets are looked up: a misspelt name fails first
     wd = _workdir(workdir)
@@ -256,7 +263,7 @@ def eval_cmd(
         run_dir = out or Path("reports") / system.name.replace(":", "-")
         opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, batch_size=batch_size, jobs=jobs,
                            limit=limit, resume=resume, executor=executor, scheduler=scheduler,
-                           part_items=part_items, extra={"device": ranks.device(device),
+                           part_items=part_items, save_estimates=save_estimates, extra={"device": ranks.device(device),
                                                          **({"condition": condition} if condition else {})})
         opts.check()
         with _progress(quiet or not ranks.is_main) as update:
@@ -326,6 +333,37 @@ def systems() -> None:
     console.print(table)
     console.print(f"also: --system FILE.py:ATTR or package.module:ATTR, and entry points of group {ENTRY_POINT_GROUP}",
                   markup=False, highlight=False)
+
+
+@app.command()
+def score(
+    estimates: Annotated[Path, typer.Argument(help="folder of <item_id>.wav / .flac estimates (mono, any rate)")],
+    dataset: Annotated[str, typer.Argument(help="the dataset whose built set the estimates are of")],
+    workdir: WorkdirOpt = None,
+    out: Annotated[Path | None, typer.Option(help="run folder [reports/estimates-<folder name>]")] = None,
+    split: str = "test",
+    name: Annotated[str | None, typer.Option(help="the system column [estimates:<folder name>]")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="metric worker processes")] = 1,
+    limit: Annotated[int | None, typer.Option(min=1, help="first N items of the set [all]")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score separations made elsewhere; a missing or unreadable file is a row with its status, not a failure."""
+    from harness.estimates import EstimatesSystem
+    from harness.evaluate import EvalOptions, resolve_datasets, run_eval
+    from harness.reports import render_report
+
+    wd = _workdir(workdir)
+    names, _ = resolve_datasets([dataset], False, wd, split)
+    system = EstimatesSystem(estimates, name=name)
+    run_dir = out or Path("reports") / f"estimates-{estimates.name}"
+    opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, jobs=jobs, limit=limit)
+    with _progress(quiet) as update:
+        run = run_eval(system, opts, progress=lambda d, done, total: update(f"{d} score", done, total))
+    report = render_report(run_dir)
+    console.print(report.summary.read_text().split("## Detail")[0], markup=False, highlight=False)
+    counts = run["counts"].get(dataset, {})
+    console.print(f"items: {run_dir}/items.parquet ({', '.join(f'{k}: {v}' for k, v in counts.items())}), "
+                  f"summary: {report.summary}", markup=False, highlight=False)
 
 
 @app.command("embed-queries")

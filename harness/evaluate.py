@@ -123,6 +123,8 @@ class EvalOptions:
         executor: ``"loky"`` or ``"dask"`` (:mod:`harness.parallel`).
         scheduler: Dask scheduler address (``executor="dask"``); ``None`` starts a LocalCluster.
         part_items: rows per part file (rounded up to whole units).
+        save_estimates: ``none | worst | best | all``: write estimates under ``<out>/estimates``
+            (:mod:`harness.estimates`).
         extra: anything else to record (condition, device...).
     """
 
@@ -137,6 +139,7 @@ class EvalOptions:
     executor: str = "loky"
     scheduler: str | None = None
     part_items: int = PART_ITEMS
+    save_estimates: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -147,6 +150,9 @@ class EvalOptions:
         if self.limit is not None and int(self.limit) < 1:
             raise ConfigError(f"--limit {self.limit}: must be at least 1")
         parallel.check_executor(self.executor, self.jobs, self.scheduler)
+        from harness.estimates import SAVE_CHOICES
+
+        check_choice("--save-estimates", self.save_estimates, SAVE_CHOICES)
 
 
 def git_revision() -> str | None:
@@ -503,9 +509,10 @@ def _tasks(unit: _Unit, cfg: dict, n_tasks: int) -> list[tuple[np.ndarray, tuple
 
 
 def _pipeline(system: System, evalset: EvalSet, manifest: pd.DataFrame, cfg: dict, condition: str,
-              plan: list[tuple[np.ndarray, np.ndarray]], pool: _ScorePool, common: dict[str, Any]
-              ) -> Iterator[list[dict[str, Any]]]:
-    """Rows of each planned unit, in plan order: read ahead ∥ separate unit k+1 ∥ score unit k."""
+              plan: list[tuple[np.ndarray, np.ndarray]], pool: _ScorePool, common: dict[str, Any],
+              save: Callable[[list[str], np.ndarray], None] | None = None) -> Iterator[list[dict[str, Any]]]:
+    """Rows of each planned unit, in plan order: read ahead ∥ separate unit k+1 ∥ score unit k.
+    ``save(item_ids, estimates)`` is called with each unit's separated rows (``--save-estimates``)."""
     if not plan:
         return
     # every row of the planned units, also rows already done: a block is separated as in the first run
@@ -531,6 +538,8 @@ def _pipeline(system: System, evalset: EvalSet, manifest: pd.DataFrame, cfg: dic
         for group in _groups(reader, group_size):
             for unit in group:
                 _separate(system, unit, condition)
+                if save is not None and unit.est is not None:
+                    save(unit.items["item_id"].to_numpy()[[s is None for s in unit.scored]].tolist(), unit.est)
             n_tasks = pool.jobs if len(group) == 1 else 1
             tasks = [_tasks(unit, cfg, n_tasks) for unit in group]
             for unit in group:  # the audio now lives in the tasks only
@@ -580,11 +589,17 @@ def evaluate_set(system: System, evalset: EvalSet, opts: EvalOptions, common: di
     plans = _plans(evalset, manifest, opts, ranks, conditions, done)
     total = sum(int(todo.sum()) for plan in plans.values() for _, todo in plan)
     computed = 0
+    from harness.estimates import EstimateSaver
+
+    saver = EstimateSaver(opts.out, opts.save_estimates)
     with _ScorePool(opts.jobs) as pool:
         for c in conditions:
             writer = PartWriter(parts_dir(opts.out, evalset.dataset, c), ranks.rank, opts.part_items)
+            folder = saver.folder(evalset.dataset, c, conditions)
+            save = (lambda ids, est, folder=folder: saver.save(folder, ids, est, cfg["sample_rate"])) \
+                if saver.active else None
             try:
-                for rows in _pipeline(system, evalset, manifest, cfg, c, plans[c], pool, common):
+                for rows in _pipeline(system, evalset, manifest, cfg, c, plans[c], pool, common, save):
                     writer.add(rows)
                     computed += len(rows)
                     if progress:
@@ -680,6 +695,11 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
     if ranks.is_main:
         for evalset in sets:
             _init_parts(out, system, evalset, opts.resume)
+        if not opts.resume:  # estimates of an earlier run in this folder would mix with this run's
+            from harness.estimates import EstimateSaver
+
+            for evalset in sets:
+                EstimateSaver(out).clear(evalset.dataset)
     ranks.barrier()  # parts cleared before anyone scans or writes
     done = {s.dataset: {c: done_items(out, s.dataset, c) for c in system.conditions(s.dataset)} for s in sets}
     ranks.barrier()  # everyone has scanned before anyone writes: "resumed" counts only older rows
@@ -709,6 +729,10 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
         conditions = system.conditions(d)
         frame, n_dup = merge_parts(out, evalset, conditions, opts.limit)
         frames.append(frame)
+        if opts.save_estimates in ("worst", "best"):
+            from harness.estimates import EstimateSaver
+
+            EstimateSaver(out, opts.save_estimates).prune(frame, d, conditions)
         ids = set(frame["item_id"])
         stats[d] = {"rows": len(frame), "resumed": sum(len(done[d][c] & ids) for c in conditions),
                     "computed": sum(g["computed"].get(d, 0) for g in gathered), "duplicates_dropped": n_dup}

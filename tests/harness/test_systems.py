@@ -137,3 +137,15 @@ def test_systems_lists_the_registry():
     assert r.returncode == 0, r.stderr
     for name in ("mixture", "oracle-irm", "uss"):
         assert name in r.stdout
+
+
+def test_table2_uses_the_primary_mode_and_names_it(workdir, tmp_path):
+    from harness.reports import TABLE2, render_report
+
+    run_eval(Spy(), EvalOptions(datasets=list(SETS), workdir=workdir, out=tmp_path))
+    table2 = render_report(tmp_path).summary.read_text().split("## Table 2")[1].split("\n\n")[1]
+    row = next(line for line in table2.splitlines() if "**spy**" in line)
+    assert "(query mode: label)" in row
+    cells = [c.strip() for c in row.strip("|").split("|")[1:]]
+    for (_, _, dataset, *_), cell in zip(TABLE2, cells, strict=True):
+        assert (cell != "—") == (dataset in SETS), (dataset, cell)
