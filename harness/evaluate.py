@@ -312,6 +312,9 @@ class _Unit:
     est: np.ndarray | None = None  # the system's output for the separated rows, in row order
     est_row: np.ndarray | None = None  # unit row -> row of ``est``
     seconds: float = 0.0
+    sys_mix: np.ndarray | None = None  # mixture / target at the system's rate when it is not the set's
+    sys_ref: np.ndarray | None = None
+    set_rate: int = harness.SAMPLE_RATE
 
 
 def _plan(n: int, virtual: bool, batch_size: int, ranks: Ranks) -> list[np.ndarray]:
@@ -323,13 +326,21 @@ def _plan(n: int, virtual: bool, batch_size: int, ranks: Ranks) -> list[np.ndarr
 
 
 def _read_units(evalset: EvalSet, manifest: pd.DataFrame, cfg: dict, plan: list[tuple[np.ndarray, np.ndarray]],
-                skip: dict[str, str]) -> Iterator[_Unit]:
-    """Read the audio of each planned unit (runs in the reader thread). Unscorable items are not read."""
+                skip: dict[str, str], system_rate: int | None = None) -> Iterator[_Unit]:
+    """Read the audio of each planned unit (runs in the reader thread). Unscorable items are not read.
+
+    ``unit.mix`` / ``unit.ref`` are at the set's rate (scoring). When ``system_rate`` differs, ``unit.sys_mix``
+    / ``unit.sys_ref`` hold the system's input at its rate: whole-file items read from the corpus file at
+    that rate (one resampling of the original), fixed-length items resampled from their 32-kHz rows (soxr HQ).
+    """
+    set_rate = int(cfg["sample_rate"])
+    other = system_rate is not None and int(system_rate) != set_rate
     corpus = get_corpus(evalset.dataset, evalset.corpus_root) if evalset.virtual else None
     for pos, todo in plan:
         t0 = time.perf_counter()
         items = manifest.iloc[pos]
-        unit = _Unit(pos, todo, items, [unscored(skip[i]) if i in skip else None for i in items["item_id"]])
+        unit = _Unit(pos, todo, items, [unscored(skip[i]) if i in skip else None for i in items["item_id"]],
+                     set_rate=set_rate)
         if all(s is not None for s in unit.scored):
             pass  # no audio read, no separation
         elif corpus is None:
@@ -344,8 +355,29 @@ def _read_units(evalset: EvalSet, manifest: pd.DataFrame, cfg: dict, plan: list[
             else:
                 n = min(len(mix), len(ref))
                 unit.mix, unit.ref = mix[None, :n], ref[None, :n]
+                if other:
+                    smix = corpus.read(AudioRef(evalset.corpus_root / row["mixture_file"]), system_rate)
+                    sref = corpus.read(AudioRef(evalset.corpus_root / row["target_file"]), system_rate)
+                    ns = min(len(smix), len(sref))
+                    unit.sys_mix, unit.sys_ref = smix[None, :ns], sref[None, :ns]
+        if other and corpus is None and unit.mix is not None:
+            unit.sys_mix = _resample_rows(unit.mix, set_rate, system_rate)
+            unit.sys_ref = _resample_rows(unit.ref, set_rate, system_rate)
         unit.seconds = time.perf_counter() - t0
         yield unit
+
+
+def _resample_rows(x: np.ndarray, orig_sr: int, target_sr: int, length: int | None = None) -> np.ndarray:
+    """Resample each row of float32 ``(B, L)`` with soxr HQ (:func:`harness.audio.resample`); with ``length``,
+    cut or zero-pad the rows to it. Returns float32 ``(B, L')``."""
+    from harness.audio import resample
+
+    rows = [resample(r, orig_sr, target_sr) for r in x]
+    n = length if length is not None else max((len(r) for r in rows), default=0)
+    out = np.zeros((len(rows), n), np.float32)
+    for i, r in enumerate(rows):
+        out[i, : min(n, len(r))] = r[:n]
+    return out
 
 
 def _prefetch(source: Iterable[Any], depth: int) -> Iterator[Any]:
@@ -434,9 +466,13 @@ def _separate(system: System, unit: _Unit, condition: str) -> None:
     if not keep.any():
         return
     t0 = time.perf_counter()
-    mix, ref, items = (unit.mix, unit.ref, unit.items) if keep.all() else \
-        (unit.mix[keep], unit.ref[keep], unit.items[keep])
-    unit.est = call_separate(system, mix, ref, items, condition)
+    src_mix, src_ref = (unit.mix, unit.ref) if unit.sys_mix is None else (unit.sys_mix, unit.sys_ref)
+    mix, ref, items = (src_mix, src_ref, unit.items) if keep.all() else \
+        (src_mix[keep], src_ref[keep], unit.items[keep])
+    est = call_separate(system, mix, ref, items, condition)
+    if unit.sys_mix is not None:  # back to the set's rate (and length) for scoring; metrics resample further
+        est = _resample_rows(est, int(system.sample_rate), int(unit.set_rate), unit.mix.shape[1])
+    unit.est = est
     unit.est_row = np.cumsum(keep) - 1
     unit.seconds += time.perf_counter() - t0
 
@@ -518,7 +554,8 @@ def _pipeline(system: System, evalset: EvalSet, manifest: pd.DataFrame, cfg: dic
     # every row of the planned units, also rows already done: a block is separated as in the first run
     skip = system.unscorable(manifest.iloc[np.concatenate([pos for pos, _ in plan])], condition)
     group_size = pool.jobs if evalset.virtual else 1
-    reader = _prefetch(_read_units(evalset, manifest, cfg, plan, skip), max(PREFETCH, group_size))
+    reader = _prefetch(_read_units(evalset, manifest, cfg, plan, skip, int(system.sample_rate)),
+                       max(PREFETCH, group_size))
     pending = None
 
     def finish(pending) -> Iterator[list[dict[str, Any]]]:
@@ -543,7 +580,7 @@ def _pipeline(system: System, evalset: EvalSet, manifest: pd.DataFrame, cfg: dic
             n_tasks = pool.jobs if len(group) == 1 else 1
             tasks = [_tasks(unit, cfg, n_tasks) for unit in group]
             for unit in group:  # the audio now lives in the tasks only
-                unit.mix = unit.ref = unit.est = unit.est_row = None
+                unit.mix = unit.ref = unit.est = unit.est_row = unit.sys_mix = unit.sys_ref = None
             if pending is not None:
                 yield from finish(pending)
             pending = (group, tasks, pool.submit([args for unit_tasks in tasks for _, args in unit_tasks]))
@@ -745,6 +782,7 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
         "system": system.name,
         "checkpoint_sha256": system.checkpoint_sha256,
         "system_info": describe_system(system),
+        "sample_rates": {s.dataset: sample_rates(system, s) for s in sets},
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
         "datasets": opts.datasets,
         "builds": {s.dataset: {"digest": s.build["digest"], "path": str(s.path)} for s in sets},
@@ -758,6 +796,21 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
     }
     atomic_write_text(out / "run.json", json.dumps(run, indent=2, default=str) + "\n")
     return run
+
+
+def sample_rates(system: System, evalset: EvalSet) -> dict[str, Any]:
+    """The rates (Hz) a run used on a set: the system's input and output, the set's (scoring input, SDR
+    family) and each metric's own rate (PESQ and SSNR resample to ``metric_sample_rate``)."""
+    cfg = load_dataset_config(evalset.dataset)
+    set_rate = int(cfg["sample_rate"])
+    speech = int(cfg.get("metric_sample_rate", set_rate))
+    metric_rate = {"sdr": set_rate, "sdri": set_rate, "si_sdr": set_rate, "si_sdri": set_rate,
+                   "musdb_sdr": set_rate, "musdb_sdri": set_rate, "pesq": speech, "ssnr": speech}
+    return {"system": int(system.sample_rate), "set": set_rate,
+            "system_input": "corpus files read at the system rate" if evalset.virtual
+            else f"{set_rate}-Hz set rows resampled (soxr HQ)" if int(system.sample_rate) != set_rate
+            else f"{set_rate}-Hz set rows",
+            "metrics": {m: metric_rate[m] for m in cfg["metrics"] if m in metric_rate}}
 
 
 def items_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

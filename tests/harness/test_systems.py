@@ -149,3 +149,46 @@ def test_table2_uses_the_primary_mode_and_names_it(workdir, tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")[1:]]
     for (_, _, dataset, *_), cell in zip(TABLE2, cells, strict=True):
         assert (cell != "—") == (dataset in SETS), (dataset, cell)
+
+
+class RateSpy(Spy):
+    query_modes = ("none",)
+
+    def __init__(self, rate: int):
+        super().__init__()
+        self.sample_rate = rate
+
+    def separate(self, mixture, target, items, condition, queries=None):
+        super().separate(mixture, target, items, condition, queries)
+        return mixture.copy()
+
+
+@pytest.mark.parametrize("rate", [16000, 48000])
+def test_system_gets_inputs_at_its_own_rate(workdir, tmp_path, rate):
+    import soundfile as sf
+    import soxr
+
+    from harness.datasets.store import open_set
+
+    spy = RateSpy(rate)
+    run = run_eval(spy, EvalOptions(datasets=list(SETS), workdir=workdir, out=tmp_path))
+    vb = open_set(workdir, "voicebank-demand")
+    got = {c[2]["item_id"].iloc[0]: c[0][0] for c in spy.calls if c[2]["dataset"].iloc[0] == "voicebank-demand"}
+    assert set(got) == set(vb.manifest["item_id"])
+    for row in vb.manifest.itertuples():
+        # the corpus file, resampled once (soxr HQ) from its own rate: not the 32-kHz copy
+        x, sr = sf.read(vb.corpus_root / row.mixture_file, dtype="float32")
+        want = x if sr == rate else soxr.resample(x, sr, rate, quality="HQ").astype(np.float32)
+        np.testing.assert_array_equal(got[row.item_id][: len(want)], want[: len(got[row.item_id])])
+        assert abs(len(got[row.item_id]) - len(want)) <= 1
+    fsd = open_set(workdir, "fsd50k")
+    mix, _ = fsd.read_rows(np.arange(len(fsd.manifest)))
+    got = np.concatenate([c[0] for c in spy.calls if c[2]["dataset"].iloc[0] == "fsd50k"])
+    want = np.stack([soxr.resample(m, 32000, rate, quality="HQ") for m in mix])
+    assert got.shape == (len(mix), 2 * rate)
+    np.testing.assert_array_equal(got, want.astype(np.float32))
+    assert run["sample_rates"]["voicebank-demand"]["system"] == rate
+    assert run["sample_rates"]["voicebank-demand"]["metrics"]["pesq"] == 16000
+    # the estimates, returned at the system rate, are brought back to the set rate and scored
+    items = pd.read_parquet(tmp_path / "items.parquet")
+    assert (items["status"] == "ok").all()
