@@ -272,6 +272,10 @@ def eval_cmd(
     if run is None:  # not rank 0: rank 0 writes the report
         return
     items = run["items"]
+    for d, counts in run["counts"].items():
+        if counts and set(counts) == {"no_query"}:
+            err.print(f"warning: {d}: the query set of this checkpoint covers no test class (every item is "
+                      "no_query); run embed-queries on the dataset's query split", highlight=False, markup=False)
     report = render_report(run_dir)
     console.print(report.summary.read_text().split("## Detail")[0])
     console.print(f"items: {run_dir}/items.parquet ({sum(sum(c.values()) for c in run['counts'].values())} rows, "

@@ -717,6 +717,7 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
         ConfigError: bad options (:meth:`EvalOptions.check`).
     """
     t0 = time.perf_counter()
+    started_at = _now()
     opts.check()
     ranks = ranks or Ranks()
     out = Path(opts.out)
@@ -775,7 +776,7 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
                     "computed": sum(g["computed"].get(d, 0) for g in gathered), "duplicates_dropped": n_dup}
     items = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True) if frames else items_frame([])
     del frames
-    atomic_write_parquet(items, out / "items.parquet")
+    atomic_write_parquet(stable_types(items), out / "items.parquet")
     seconds = {d: max(g["timings"][d] for g in gathered if d in g["timings"])
                for d in opts.datasets if any(d in g["timings"] for g in gathered)}
     run = {
@@ -793,9 +794,23 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
         "timings_s": {**seconds, "total": round(time.perf_counter() - t0, 3)},
         "versions": versions(),
         "git_revision": common["git_revision"],
+        "set_items": {s.dataset: len(s.manifest) for s in sets},
+        "host": platform.node(),
+        "started_at": started_at,
+        "finished_at": _now(),
     }
     atomic_write_text(out / "run.json", json.dumps(run, indent=2, default=str) + "\n")
+    from harness.results import write_results
+
+    write_results(out, items)
     return run
+
+
+def _now() -> str:
+    """UTC time, ISO 8601 to the second."""
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def sample_rates(system: System, evalset: EvalSet) -> dict[str, Any]:
@@ -813,12 +828,26 @@ def sample_rates(system: System, evalset: EvalSet) -> dict[str, Any]:
             "metrics": {m: metric_rate[m] for m in cfg["metrics"] if m in metric_rate}}
 
 
+STRING_COLUMNS = tuple(c for c in ITEM_COLUMNS if c not in (*METRIC_COLUMNS, "seconds", "class_id"))
+"""Columns of ``items.parquet`` that are strings (Parquet ``string`` even when every value is null)."""
+
+
 def items_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Rows → the ``items.parquet`` frame with the canonical column order and dtypes."""
     df = pd.DataFrame.from_records(rows, columns=list(ITEM_COLUMNS))
     for c in (*METRIC_COLUMNS, "seconds"):
         df[c] = df[c].astype("float64")
     df["class_id"] = df["class_id"].astype("int64")
+    return stable_types(df)
+
+
+def stable_types(df: pd.DataFrame) -> pd.DataFrame:
+    """A string column whose values are all null (``checkpoint_sha256`` of a baseline, ``git_revision``
+    outside git) as pandas ``string``, so that Parquet stores it as ``string``, not ``null``: a folder of runs
+    then has one schema (DuckDB ``read_parquet('runs/*/items.parquet')`` needs no options). Returns ``df``."""
+    for c in STRING_COLUMNS:
+        if c in df.columns and df[c].dtype == object and df[c].isna().all():
+            df[c] = df[c].astype("string")
     return df
 
 

@@ -446,6 +446,9 @@ def render_report(run_dir: str | Path) -> Report:
         parts.append("Runs: " + "; ".join(f"`{s.label}` ({s.path})" for s in sources))
         parts.append("")
     table2, cells = table2_markdown(items, systems)
+    from harness.results import write_results
+
+    write_results(run_dir, items)  # the same cells for machines
     parts += ["## Table 2 (paper layout)", "", table2, "", CONVENTIONS, "",
               "HTML report (tables, figures, audio): [report.html](report.html)", ""]
     parts += ["## Detail per dataset", ""]
