@@ -7,8 +7,9 @@ One record per (system, dataset, condition, metric) of the rows in ``items.parqu
 - ``ci95``: ``[low, high]``, a percentile bootstrap of that aggregate (:data:`CI_METHOD`);
 - ``items_ok``, ``rows`` (items evaluated), ``items_in_set``, ``classes``, ``coverage`` (= ``items_ok /
   items_in_set``), ``statuses`` ({status: count});
-- ``table2``: the Table 2 column key when this record is the source of a Table 2 cell of ``summary.md``
-  (:func:`harness.reports.table2_cells` picks the condition), else ``null``;
+- ``table2``: the Table 2 column keys of ``summary.md`` whose cell this record is (``[]`` for none; a
+  system without queries fills both AudioSet columns from one record; :func:`harness.reports.cell_condition`
+  picks the condition);
 - ``build_digest``: the evaluation set's digest; ``system``: name, registry name, arguments, sample rate,
   checkpoint sha256 (from the run's ``run.json``).
 
@@ -109,7 +110,7 @@ def results(run_dir: str | Path, items: pd.DataFrame | None = None) -> dict[str,
 
             cond = cell_condition(sub_sys[sub_sys["dataset"] == dataset], prefs)
             if cond is not None and cells[key][2]:
-                sources.setdefault((dataset, cond, metric), key)
+                sources.setdefault((dataset, cond, metric), []).append(key)
         info = run.get("system_info") or {"name": system, "checkpoint_sha256": run.get("checkpoint_sha256")}
         for (dataset, cond), sub in sub_sys.groupby(["dataset", "condition"], sort=False):
             how = aggregate_kind(dataset)
@@ -125,7 +126,7 @@ def results(run_dir: str | Path, items: pd.DataFrame | None = None) -> dict[str,
                     "items_ok": len(ok), "rows": len(sub), "items_in_set": int(in_set),
                     "classes": int(ok["label"].nunique()), "classes_in_rows": int(sub["label"].nunique()),
                     "coverage": len(ok) / in_set if in_set else None, "statuses": statuses,
-                    "table2": sources.get((dataset, cond, metric)),
+                    "table2": sources.get((dataset, cond, metric), []),
                     "build_digest": run.get("builds", {}).get(dataset, {}).get("digest"),
                     "system_info": info,
                 })
