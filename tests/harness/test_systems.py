@@ -192,3 +192,22 @@ def test_system_gets_inputs_at_its_own_rate(workdir, tmp_path, rate):
     # the estimates, returned at the system rate, are brought back to the set rate and scored
     items = pd.read_parquet(tmp_path / "items.parquet")
     assert (items["status"] == "ok").all()
+
+
+def test_entry_point_plugin_is_found(workdir, tmp_path):
+    """A package that declares ``[project.entry-points."uss_bench.systems"]`` (here: its installed metadata)."""
+    site = tmp_path / "site"
+    (site / "halfgain_pkg").mkdir(parents=True)
+    (site / "halfgain_pkg" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
+    dist = site / "halfgain_pkg-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: halfgain-pkg\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[uss_bench.systems]\nhalf-gain = halfgain_pkg:HalfGain\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(site)}
+    r = subprocess.run([sys.executable, "-m", "harness", "systems"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "half-gain" in r.stdout and "halfgain-pkg" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "harness", "eval", "fsd50k", "--system", "half-gain", "--workdir",
+                        str(workdir), "--out", str(tmp_path / "run"), "--quiet"], capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    assert (pd.read_parquet(tmp_path / "run" / "items.parquet")["system"] == "plugin:half-gain").all()
