@@ -253,9 +253,11 @@ def eval_cmd(
     wd = _workdir(workdir)
     names, absent = resolve_datasets(datasets or [], all_, wd, split)
     with distributed(device) as ranks:
+        from harness.models import resolve_device
         from harness.systems import build_system
 
-        system = build_system(spec, sys_args, {"workdir": wd, "device": ranks.device(device),
+        # a plug-in gets a concrete device ("cpu", "cuda:0"), never "auto"
+        system = build_system(spec, sys_args, {"workdir": wd, "device": str(resolve_device(ranks.device(device))),
                                                "batch_size": batch_size})
         condition = sys_args.get("condition")
         if absent and ranks.is_main:
