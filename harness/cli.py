@@ -233,6 +233,8 @@ def eval_cmd(
         help="write estimates as <out>/estimates/<dataset>/[<condition>/]<item_id>.wav (32-bit float, the set's "
              "rate; re-scored by `uss-bench score`): none | worst | best (5 lowest / highest SDRi per dataset) | "
              "all")] = "none",
+    shots: Annotated[int, typer.Option(min=1, help="example clips per class for a system in query mode "
+                                                   "audio-shots, drawn from the query split by the dataset's seed")] = 3,
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a system (a baseline, a checkpoint, any plug-in); write items.parquet, summary.md and run.json.
@@ -265,7 +267,7 @@ def eval_cmd(
         run_dir = out or Path("reports") / system.name.replace(":", "-")
         opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, batch_size=batch_size, jobs=jobs,
                            limit=limit, resume=resume, executor=executor, scheduler=scheduler,
-                           part_items=part_items, save_estimates=save_estimates, extra={"device": ranks.device(device),
+                           part_items=part_items, save_estimates=save_estimates, shots=shots, extra={"device": ranks.device(device),
                                                          **({"condition": condition} if condition else {})})
         opts.check()
         with _progress(quiet or not ranks.is_main) as update:

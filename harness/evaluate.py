@@ -82,7 +82,7 @@ from harness.datasets import get_corpus
 from harness.datasets.store import EvalSet, atomic_write_parquet, atomic_write_text, built_datasets, open_set
 from harness.errors import ConfigError, UssBenchError, check_choice
 from harness.parallel import Ranks
-from harness.queries import Query, display_name
+from harness.queries import Query, ShotBank, display_name
 from harness.scoring import METRIC_COLUMNS, score_task, unscored
 from harness.scoring import score as score  # public here too: harness.evaluate.score
 from harness.scoring import score_batch as score_batch
@@ -125,6 +125,7 @@ class EvalOptions:
         part_items: rows per part file (rounded up to whole units).
         save_estimates: ``none | worst | best | all``: write estimates under ``<out>/estimates``
             (:mod:`harness.estimates`).
+        shots: example clips per class for query mode ``audio-shots`` (:class:`harness.queries.ShotBank`).
         extra: anything else to record (condition, device...).
     """
 
@@ -140,11 +141,12 @@ class EvalOptions:
     scheduler: str | None = None
     part_items: int = PART_ITEMS
     save_estimates: str = "none"
+    shots: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         """Raise ConfigError for a batch size, limit or part size below 1, or bad executor options."""
-        for name in ("batch_size", "part_items"):
+        for name in ("batch_size", "part_items", "shots"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
         if self.limit is not None and int(self.limit) < 1:
@@ -459,7 +461,7 @@ class _ScorePool:
         return lambda: list(gen)
 
 
-def _separate(system: System, unit: _Unit, condition: str) -> None:
+def _separate(system: System, unit: _Unit, condition: str, shots: ShotBank | None = None) -> None:
     """Separate the unit's scorable rows (all of them, also rows already done, so that a block's
     estimates never depend on the resume point) into ``unit.est``."""
     keep = np.array([s is None for s in unit.scored])
@@ -469,7 +471,7 @@ def _separate(system: System, unit: _Unit, condition: str) -> None:
     src_mix, src_ref = (unit.mix, unit.ref) if unit.sys_mix is None else (unit.sys_mix, unit.sys_ref)
     mix, ref, items = (src_mix, src_ref, unit.items) if keep.all() else \
         (src_mix[keep], src_ref[keep], unit.items[keep])
-    est = call_separate(system, mix, ref, items, condition)
+    est = call_separate(system, mix, ref, items, condition, shots)
     if unit.sys_mix is not None:  # back to the set's rate (and length) for scoring; metrics resample further
         est = _resample_rows(est, int(system.sample_rate), int(unit.set_rate), unit.mix.shape[1])
     unit.est = est
@@ -477,24 +479,26 @@ def _separate(system: System, unit: _Unit, condition: str) -> None:
     unit.seconds += time.perf_counter() - t0
 
 
-def make_queries(system: System, items: pd.DataFrame, condition: str, target: np.ndarray | None) -> list[Query]:
+def make_queries(system: System, items: pd.DataFrame, condition: str, target: np.ndarray | None,
+                 shots: ShotBank | None = None) -> list[Query]:
     """One :class:`~harness.queries.Query` per row for ``condition`` (a query mode of ``system``).
 
     ``embedding`` comes from ``system.average_embeddings`` in mode ``average`` (``None`` for a class without
     one: such items are ``no_query`` rows, :meth:`System.unscorable`); ``oracle_source`` is the row's
-    target in mode ``oracle`` only.
+    target in mode ``oracle`` only; ``shots`` the class's example clips in mode ``audio-shots``.
     """
     table = system.average_embeddings(items["dataset"].iloc[0]) if condition == "average" else None
     out = []
     for i, (class_id, label) in enumerate(zip(items["class_id"].tolist(), items["label"].tolist(), strict=True)):
         out.append(Query(condition, int(class_id), str(label), display_name(str(label)),
                          embedding=table.get(label) if table is not None else None,
-                         oracle_source=target[i] if condition == "oracle" and target is not None else None))
+                         oracle_source=target[i] if condition == "oracle" and target is not None else None,
+                         shots=shots.shots(label, class_id) if condition == "audio-shots" and shots else None))
     return out
 
 
 def call_separate(system: System, mix: np.ndarray, ref: np.ndarray | None, items: pd.DataFrame,
-                  condition: str) -> np.ndarray:
+                  condition: str, shots: ShotBank | None = None) -> np.ndarray:
     """``system.separate`` on one batch, handing the target to oracle systems only.
 
     A non-oracle system gets ``target=None``; the oracle query source (mode ``oracle``) travels in its
@@ -503,7 +507,7 @@ def call_separate(system: System, mix: np.ndarray, ref: np.ndarray | None, items
     Returns:
         float32 ``(B, L)``: the estimates, cut or zero-padded to the mixture's length ``L``.
     """
-    queries = make_queries(system, items, condition, ref)
+    queries = make_queries(system, items, condition, ref, shots)
     target = ref if system.is_oracle else None
     if _takes_queries(system):
         est = system.separate(mix, target, items, condition, queries=queries)
@@ -546,13 +550,18 @@ def _tasks(unit: _Unit, cfg: dict, n_tasks: int) -> list[tuple[np.ndarray, tuple
 
 def _pipeline(system: System, evalset: EvalSet, manifest: pd.DataFrame, cfg: dict, condition: str,
               plan: list[tuple[np.ndarray, np.ndarray]], pool: _ScorePool, common: dict[str, Any],
-              save: Callable[[list[str], np.ndarray], None] | None = None) -> Iterator[list[dict[str, Any]]]:
+              save: Callable[[list[str], np.ndarray], None] | None = None, shots: ShotBank | None = None
+              ) -> Iterator[list[dict[str, Any]]]:
     """Rows of each planned unit, in plan order: read ahead ∥ separate unit k+1 ∥ score unit k.
     ``save(item_ids, estimates)`` is called with each unit's separated rows (``--save-estimates``)."""
     if not plan:
         return
     # every row of the planned units, also rows already done: a block is separated as in the first run
-    skip = system.unscorable(manifest.iloc[np.concatenate([pos for pos, _ in plan])], condition)
+    planned = manifest.iloc[np.concatenate([pos for pos, _ in plan])]
+    skip = system.unscorable(planned, condition)
+    if shots is not None:  # a class without clips in the query split has no audio query: a counted row
+        skip.update({i: "no_query" for i, label in zip(planned["item_id"], planned["label"], strict=True)
+                     if not shots.groups.get(label) and i not in skip})
     group_size = pool.jobs if evalset.virtual else 1
     reader = _prefetch(_read_units(evalset, manifest, cfg, plan, skip, int(system.sample_rate)),
                        max(PREFETCH, group_size))
@@ -574,7 +583,7 @@ def _pipeline(system: System, evalset: EvalSet, manifest: pd.DataFrame, cfg: dic
     try:
         for group in _groups(reader, group_size):
             for unit in group:
-                _separate(system, unit, condition)
+                _separate(system, unit, condition, shots)
                 if save is not None and unit.est is not None:
                     save(unit.items["item_id"].to_numpy()[[s is None for s in unit.scored]].tolist(), unit.est)
             n_tasks = pool.jobs if len(group) == 1 else 1
@@ -629,6 +638,7 @@ def evaluate_set(system: System, evalset: EvalSet, opts: EvalOptions, common: di
     from harness.estimates import EstimateSaver
 
     saver = EstimateSaver(opts.out, opts.save_estimates)
+    shots = shot_bank(system, evalset, opts)
     with _ScorePool(opts.jobs) as pool:
         for c in conditions:
             writer = PartWriter(parts_dir(opts.out, evalset.dataset, c), ranks.rank, opts.part_items)
@@ -636,7 +646,7 @@ def evaluate_set(system: System, evalset: EvalSet, opts: EvalOptions, common: di
             save = (lambda ids, est, folder=folder: saver.save(folder, ids, est, cfg["sample_rate"])) \
                 if saver.active else None
             try:
-                for rows in _pipeline(system, evalset, manifest, cfg, c, plans[c], pool, common, save):
+                for rows in _pipeline(system, evalset, manifest, cfg, c, plans[c], pool, common, save, shots):
                     writer.add(rows)
                     computed += len(rows)
                     if progress:
@@ -690,6 +700,14 @@ def merge_parts(out: str | Path, evalset: EvalSet, conditions: Sequence[str], li
     return df.iloc[first, columns].reset_index(drop=True), n_dup
 
 
+def shot_bank(system: System, evalset: EvalSet, opts: EvalOptions) -> ShotBank | None:
+    """The example clips of mode ``audio-shots`` (``opts.shots`` per class from the query split), or ``None``
+    when the system does not run that mode on the set."""
+    if "audio-shots" not in system.conditions(evalset.dataset):
+        return None
+    return ShotBank(evalset.dataset, evalset.corpus_root, opts.shots, int(system.sample_rate))
+
+
 def check_modes(system: System, dataset: str) -> None:
     """Raise ConfigError when a condition of ``system`` on ``dataset`` is not one of its query modes, or is
     ``average`` without average embeddings (after ``prepare``): a mode never yields NaN cells silently."""
@@ -727,6 +745,7 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
     for evalset in sets:  # fail before any work when, e.g., a query set is missing
         system.prepare(evalset.dataset)
         check_modes(system, evalset.dataset)
+        shot_bank(system, evalset, opts)  # the query split can be listed
     if opts.resume:
         for evalset in sets:
             _check_parts(out, system, evalset)

@@ -192,3 +192,51 @@ class Query:
     embedding: np.ndarray | None = None
     oracle_source: np.ndarray | None = None
     shots: tuple[np.ndarray, ...] | None = None
+
+
+class ShotBank:
+    """Example clips of each class from the dataset's query split, for mode ``audio-shots``.
+
+    Per class, ``k`` recordings are drawn without replacement (all of them when the class has fewer) from
+    :func:`query_files` sorted by file key, by ``numpy.random.default_rng([seed, class_id])``: the choice
+    depends only on the seed, the class and the split's file list, never on the items, the batch or the
+    workers. Each clip is read whole at ``sample_rate`` (mono float32; soxr from the file's rate) and kept
+    for the run.
+
+    Args:
+        dataset: the dataset name; root: its corpus root; split: the query split [the TOML's ``query_split``].
+        k: clips per class (``eval --shots``); seed: [the TOML's ``seed``]; sample_rate: the system's rate.
+
+    Raises:
+        LayoutError, MetadataError: the query split cannot be listed (at construction).
+        ConfigError: ``k < 1``.
+    """
+
+    def __init__(self, dataset: str, root: str | Path, k: int, sample_rate: int, split: str | None = None,
+                 seed: int | None = None):
+        from harness.errors import ConfigError
+
+        if int(k) < 1:
+            raise ConfigError(f"--shots {k}: must be at least 1")
+        cfg = load_dataset_config(dataset)
+        self.dataset, self.k, self.sample_rate = dataset, int(k), int(sample_rate)
+        self.split = split or cfg["query_split"]
+        self.seed = int(cfg.get("seed", 0) if seed is None else seed)
+        self.corpus = get_corpus(dataset, root)
+        self.groups = {label: sorted(refs, key=lambda r: r.key()) for label, refs in
+                       query_files(dataset, root, self.split).items()}
+        self._cache: dict[str, tuple[np.ndarray, ...]] = {}
+
+    def chosen(self, label: str, class_id: int) -> list[AudioRef]:
+        """The ``k`` recordings of a class (``[]`` when the split has none)."""
+        refs = self.groups.get(label, [])
+        if len(refs) <= self.k:
+            return list(refs)
+        rng = np.random.default_rng([self.seed, int(class_id)])
+        return [refs[i] for i in sorted(rng.choice(len(refs), size=self.k, replace=False))]
+
+    def shots(self, label: str, class_id: int) -> tuple[np.ndarray, ...]:
+        """The chosen clips as float32 ``(L_i,)`` arrays at ``sample_rate``."""
+        if label not in self._cache:
+            self._cache[label] = tuple(self.corpus.read(r, self.sample_rate) for r in self.chosen(label, class_id))
+        return self._cache[label]

@@ -240,3 +240,33 @@ def test_readme_plugin_example_runs(workdir, tmp_path):
     assert (items["status"] == "ok").all() and set(items["dataset"]) == set(SETS)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["sample_rates"]["fsd50k"]["system"] == 16000
+
+
+def test_audio_shots_are_k_clips_of_the_class_from_the_query_split(workdir, dev_data, tmp_path):
+    import soundfile as sf
+    import soxr
+
+    from harness.queries import query_files
+
+    class Shots(Spy):
+        query_modes = ("audio-shots",)
+
+    runs = []
+    for k in (2, 2, 1):
+        spy = Shots()
+        run_eval(spy, EvalOptions(datasets=["fsd50k"], workdir=workdir, out=tmp_path / str(len(runs)), shots=k))
+        runs.append([q for call in spy.calls for q in call[4]])
+    train = query_files("fsd50k", dev_data / "fsd50k", "train")
+    items = pd.read_parquet(tmp_path / "0" / "items.parquet")
+    no_clips = ~items["label"].isin(list(train))
+    assert no_clips.any() and (items.loc[no_clips, "status"] == "no_query").all()  # counted, not NaN cells
+    assert len(runs[0]) == (~no_clips).sum()
+    for q in runs[0]:
+        assert q.mode == "audio-shots" and len(q.shots) == min(2, len(train[q.label]))
+        files = [soxr.resample(*sf.read(r.path, dtype="float32"), 32000, quality="HQ").astype(np.float32)
+                 for r in train[q.label]]  # the clip, resampled once (soxr HQ) to the system's 32 kHz
+        for shot in q.shots:  # each shot is one of the class's train clips, read whole
+            assert sum(len(f) == len(shot) and np.array_equal(f, shot) for f in files) >= 1
+    for a, b in zip(runs[0], runs[1], strict=True):  # the same seed: the same clips
+        assert all(np.array_equal(x, y) for x, y in zip(a.shots, b.shots, strict=True))
+    assert all(len(q.shots) == 1 for q in runs[2])
