@@ -242,12 +242,11 @@ def eval_cmd(
     Under `torchrun --nproc-per-node N -m harness eval ...` each rank evaluates every N-th batch and
     rank 0 merges the parts.
     """
+    from harness.estimates import SAVE_CHOICES
     from harness.evaluate import EvalOptions, resolve_datasets, run_eval
     from harness.parallel import distributed
     from harness.reports import render_report
     from harness.systems import resolve_spec
-
-    from harness.estimates import SAVE_CHOICES
 
     check_choice("--save-estimates", save_estimates, SAVE_CHOICES)
     spec_name, sys_args = _system_choice(system_name, system_arg or [], baseline, checkpoint, condition)

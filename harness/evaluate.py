@@ -71,7 +71,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import torch
 from joblib import delayed
 
 import harness

@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 
 import harness
+from harness.audio import AudioRef
 from harness.datasets import get_corpus
 from harness.datasets.store import open_set
-from harness.audio import AudioRef
 from harness.mixtures import BuildOptions, build_mixtures
 
 SETS = {"fsd50k": "fsd50k", "voicebank-demand": "voicebank-demand"}

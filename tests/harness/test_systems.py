@@ -135,8 +135,9 @@ def test_plugin_file_runs_on_two_datasets(workdir, tmp_path):
 def test_systems_lists_the_registry():
     r = subprocess.run([sys.executable, "-m", "harness", "systems"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    for name in ("mixture", "oracle-irm", "uss"):
+    for name in ("mixture", "oracle-irm", "uss", "deepfilternet3"):
         assert name in r.stdout
+    assert "48000 Hz" in r.stdout  # deepfilternet3's rate, listed without building it
 
 
 def test_table2_uses_the_primary_mode_and_names_it(workdir, tmp_path):
