@@ -280,7 +280,8 @@ def eval_cmd(
             err.print(f"warning: {d}: the query set of this checkpoint covers no test class (every item is "
                       "no_query); run embed-queries on the dataset's query split", highlight=False, markup=False)
     report = render_report(run_dir)
-    console.print(report.summary.read_text().split("## Detail")[0])
+    # markup off: a system name such as "checkpoint:x[oracle]" is printed as written, not read as a style tag
+    console.print(report.summary.read_text().split("## Detail")[0], markup=False, highlight=False)
     console.print(f"items: {run_dir}/items.parquet ({sum(sum(c.values()) for c in run['counts'].values())} rows, "
                   f"{sum(v['computed'] for v in items.values())} computed now, "
                   f"{sum(v['resumed'] for v in items.values())} resumed), summary: {report.summary}")
