@@ -336,7 +336,8 @@ def systems() -> None:
         except UssBenchError as exc:
             table.add_row(escape(name), f"[red]{escape(str(exc))}[/red]", "", "", "entry point")
             continue
-        table.add_row(escape(name), escape(spec.description), ", ".join(spec.query_modes),
+        oracle = " (oracle: receives the target)" if spec.is_oracle else ""
+        table.add_row(escape(name), escape(spec.description + oracle), ", ".join(spec.query_modes),
                       f"{spec.sample_rate} Hz", escape(spec.origin))
     console.print(table)
     console.print(f"also: --system FILE.py:ATTR or package.module:ATTR, and entry points of group {ENTRY_POINT_GROUP}",

@@ -252,6 +252,7 @@ class SystemSpec:
         query_modes: the modes it accepts (primary first).
         sample_rate: its rate (Hz).
         origin: ``"built-in"``, ``"entry point <dist>"``, or the ``file.py:ATTR`` / ``module:ATTR`` it came from.
+        is_oracle: the class's :attr:`System.is_oracle` (``False`` for a factory): it receives the target.
     """
 
     name: str
@@ -260,6 +261,7 @@ class SystemSpec:
     query_modes: tuple[str, ...]
     sample_rate: int
     origin: str = "built-in"
+    is_oracle: bool = False
 
     def parameters(self) -> dict[str, inspect.Parameter]:
         """The factory's keyword parameters (``{}`` for ``**kwargs``-only factories)."""
@@ -303,7 +305,8 @@ def _spec(name: str, obj: Any, description: str | None = None, query_modes: Sequ
         check_choice(f"query mode of system {name!r}", m, QUERY_MODES)
     desc = description or (getattr(obj, "description", "") if is_class else "") or _first_line(obj)
     rate = int(sample_rate or (getattr(obj, "sample_rate", None) if is_class else None) or SAMPLE_RATE)
-    return SystemSpec(name, obj, desc, modes, rate, origin)
+    oracle = bool(getattr(obj, "is_oracle", False)) if is_class else False
+    return SystemSpec(name, obj, desc, modes, rate, origin, oracle)
 
 
 def register_system(name: str, *, description: str | None = None, query_modes: Sequence[str] | None = None,
