@@ -814,6 +814,7 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
         "git_revision": common["git_revision"],
         "set_items": {s.dataset: len(s.manifest) for s in sets},
         "host": platform.node(),
+        "device": str(getattr(system, "device", None) or opts.extra.get("device") or "cpu"),
         "started_at": started_at,
         "finished_at": _now(),
     }

@@ -132,7 +132,7 @@ def results(run_dir: str | Path, items: pd.DataFrame | None = None) -> dict[str,
                 })
     provenance = [{"system": s, "uss_bench_version": r.get("versions", {}).get("harness"),
                    "git_revision": r.get("git_revision"), "host": r.get("host"),
-                   "device": r.get("options", {}).get("extra", {}).get("device"),
+                   "device": r.get("device") or r.get("options", {}).get("extra", {}).get("device"),
                    "started_at": r.get("started_at"), "finished_at": r.get("finished_at")} for s, r in runs.items()]
     return {"schema": SCHEMA, "uss_bench_version": harness.__version__, "runs": provenance, "results": records}
 
