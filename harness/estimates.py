@@ -109,7 +109,18 @@ class EstimateSaver:
                     if p.is_file():
                         p.unlink()
                         removed += 1
+                        _remove_empty_parents(p.parent, folder)
         return removed
+
+
+def _remove_empty_parents(d: Path, stop: Path) -> None:
+    """Remove ``d`` and its parents up to (not including) ``stop`` while they are empty (MUSDB18 track folders)."""
+    while d != stop and stop in d.parents:
+        try:
+            d.rmdir()
+        except OSError:  # not empty
+            return
+        d = d.parent
 
 
 def find_estimate(folder: Path, item_id: str) -> Path | None:

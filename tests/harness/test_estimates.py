@@ -98,3 +98,23 @@ def test_saved_estimates_rescore_to_the_run(workdir, tmp_path):
     w = pd.read_parquet(tmp_path / "w" / "items.parquet").sort_values(["sdri", "item_id"])
     kept = sorted(p.stem for p in (tmp_path / "w" / "estimates" / "fsd50k").glob("*.wav"))
     assert kept == sorted(w["item_id"].head(5))
+
+
+def test_musdb_estimates_nest_by_track(dev_data, tmp_path):
+    build_mixtures(dev_data / "musdb18hq", tmp_path, BuildOptions("musdb18"))
+    run = tmp_path / "run"
+    r = _cli("eval", "musdb18", "--baseline", "oracle-irm", "--workdir", tmp_path, "--out", run,
+             "--save-estimates", "best", "--quiet")
+    assert r.returncode == 0, r.stderr
+    items = pd.read_parquet(run / "items.parquet")
+    best = items.sort_values(["musdb_sdri", "item_id"], ascending=[False, True])["item_id"].head(5)
+    folder = run / "estimates" / "musdb18"
+    kept = sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.wav"))
+    assert kept == sorted(best)  # item id "track/stem" → <track>/<stem>.wav
+    assert all(any(d.iterdir()) for d in folder.iterdir())  # no empty track folders left by the pruning
+    r = _cli("score", folder, "musdb18", "--workdir", tmp_path, "--out", tmp_path / "re", "--quiet")
+    assert r.returncode == 0, r.stderr
+    again = pd.read_parquet(tmp_path / "re" / "items.parquet").set_index("item_id")
+    assert (again.loc[~again.index.isin(best), "status"] == "missing_estimate").all()
+    np.testing.assert_array_equal(again.loc[best, "musdb_sdri"].to_numpy(),
+                                  items.set_index("item_id").loc[best, "musdb_sdri"].to_numpy())
