@@ -210,8 +210,14 @@ def build_mixtures_cmd(
 def eval_cmd(
     datasets: Annotated[list[str] | None, typer.Argument(help="datasets to evaluate")] = None,
     all_: Annotated[bool, typer.Option("--all", help="every dataset built in the workdir")] = False,
-    baseline: Annotated[str | None, typer.Option(help="mixture | oracle-irm")] = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="separator checkpoint (.ckpt, .pth, .safetensors)")] = None,
+    system_name: Annotated[str | None, typer.Option("--system", help=(
+        "system to evaluate: a registered name (`uss-bench systems`), an entry point of group uss_bench.systems, "
+        "or FILE.py:ATTR / package.module:ATTR (a System subclass or a factory)"))] = None,
+    system_arg: Annotated[list[str] | None, typer.Option("--system-arg", help=(
+        "KEY=VALUE keyword argument of the system (repeatable)"))] = None,
+    baseline: Annotated[str | None, typer.Option(help="mixture | oracle-irm (short for --system NAME)")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="separator checkpoint (.ckpt, .pth, .safetensors); short "
+                                                         "for --system uss --system-arg checkpoint=CKPT")] = None,
     workdir: WorkdirOpt = None,
     out: Annotated[Path | None, typer.Option(help="run folder [reports/<system>]")] = None,
     split: str = "test",
@@ -237,47 +243,49 @@ def eval_cmd(
              "breaks a stale lock of this host by itself)")] = False,
     strict: Annotated[bool, typer.Option(
         help="exit 1 when every item of a dataset failed to score (no ok row)")] = False,
+    save_estimates: Annotated[str, typer.Option(
+        help="write estimates as <out>/estimates/<dataset>/[<condition>/]<item_id>.wav (32-bit float, the set's "
+             "rate; re-scored by `uss-bench score`): none | worst | best (5 lowest / highest SDRi per dataset) | "
+             "all")] = "none",
+    shots: Annotated[int, typer.Option(min=1, help="example clips per class for a system in query mode "
+                                                   "audio-shots, drawn from the query split by the dataset's seed")] = 3,
     quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate a baseline or a checkpoint; write items.parquet, summary.md and run.json.
+    """Evaluate a system (a baseline, a checkpoint, any plug-in); write items.parquet, summary.md and run.json.
 
     Under `torchrun --nproc-per-node N -m harness eval ...` each rank evaluates every N-th batch and
     rank 0 merges the parts.
     """
     from harness.datasets.store import check_output_folder
-    from harness.evaluate import BASELINES, EvalOptions, resolve_datasets, run_eval
+    from harness.estimates import SAVE_CHOICES
+    from harness.evaluate import EvalOptions, resolve_datasets, run_eval
     from harness.parallel import distributed
     from harness.reports import render_report
-    from harness.systems import CONDITIONS
+    from harness.systems import resolve_spec
 
-    if (baseline is None) == (checkpoint is None):
-        raise ConfigError("pass exactly one of --baseline mixture|oracle-irm and --checkpoint CKPT")
-    if baseline is not None:
-        check_choice("--baseline", baseline, BASELINES)
-        if condition is not None:
-            raise ConfigError(f"--condition {condition} applies to a --checkpoint system; the {baseline} baseline "
-                              "takes no query: drop --condition")
-    condition = check_choice("--condition", condition or "average", CONDITIONS)  # before the set is looked up
+    check_choice("--save-estimates", save_estimates, SAVE_CHOICES)
+    spec_name, sys_args = _system_choice(system_name, system_arg or [], baseline, checkpoint, condition)
+    spec = resolve_spec(spec_name)  # before the sets are looked up: a misspelt name fails first
     wd = _workdir(workdir)
     if out is not None:
         check_output_folder(out, "--out")
     names, absent = resolve_datasets(datasets or [], all_, wd, split)
     with distributed(device) as ranks:
-        if baseline is not None:
-            system = BASELINES[baseline]()
-        else:
-            from harness.systems import CheckpointSystem
+        from harness.models import resolve_device
+        from harness.systems import build_system
 
-            _inference_start()
-            system = CheckpointSystem(checkpoint, workdir=wd, condition=condition, device=ranks.device(device),
-                                      batch_size=batch_size)
+        _inference_start()  # before the first large allocation of any separator
+        # a plug-in gets a concrete device ("cpu", "cuda:0"), never "auto"
+        system = build_system(spec, sys_args, {"workdir": wd, "device": str(resolve_device(ranks.device(device))),
+                                               "batch_size": batch_size})
+        condition = sys_args.get("condition")
         if absent and ranks.is_main:
             console.print(f"--all: not built in {wd}/mixtures, skipped: {', '.join(absent)}")
         run_dir = out or Path("reports") / system.name.replace(":", "-")
         opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, batch_size=batch_size, jobs=jobs,
                            limit=limit, resume=resume, executor=executor, scheduler=scheduler,
-                           part_items=part_items, break_lock=break_lock, extra={"device": ranks.device(device),
-                                                         **({} if baseline else {"condition": condition})})
+                           part_items=part_items, break_lock=break_lock, save_estimates=save_estimates, shots=shots,
+                           extra={"device": ranks.device(device), **({"condition": condition} if condition else {})})
         opts.check()
         with _progress(quiet or not ranks.is_main) as update:
             run = run_eval(system, opts, progress=lambda d, done, total: update(f"{d} eval", done, total),
@@ -285,8 +293,13 @@ def eval_cmd(
     if run is None:  # not rank 0: rank 0 writes the report
         return
     items = run["items"]
+    for d, counts in run["counts"].items():
+        if counts and set(counts) == {"no_query"}:
+            err.print(f"warning: {d}: the query set of this checkpoint covers no test class (every item is "
+                      "no_query); run embed-queries on the dataset's query split", highlight=False, markup=False)
     report = render_report(run_dir)
-    console.print(report.summary.read_text().split("## Detail")[0])
+    # markup off: a system name such as "checkpoint:x[oracle]" is printed as written, not read as a style tag
+    console.print(report.summary.read_text().split("## Detail")[0], markup=False, highlight=False)
     console.print(f"items: {run_dir}/items.parquet ({sum(sum(c.values()) for c in run['counts'].values())} rows, "
                   f"{sum(v['computed'] for v in items.values())} computed now, "
                   f"{sum(v['resumed'] for v in items.values())} resumed), summary: {report.summary}")
@@ -304,6 +317,94 @@ def _report_failed_datasets(counts: dict[str, dict[str, int]], strict: bool) -> 
                   "items.parquet", style="red", highlight=False, markup=False)
     if failed and strict:
         raise typer.Exit(EXIT_REGRESSION)
+
+
+def _system_choice(system_name: str | None, system_arg: list[str], baseline: str | None, checkpoint: Path | None,
+                   condition: str | None) -> tuple[str, dict[str, str]]:
+    """``--system``/``--system-arg`` or their short forms ``--baseline`` / ``--checkpoint [--condition]`` →
+    ``(registry name, args)``; checked before any work.
+
+    Raises:
+        ConfigError: none or several of the three given, an unknown baseline or condition, ``--condition`` for
+            a system without it.
+    """
+    from harness.evaluate import BASELINES
+    from harness.systems import CONDITIONS, parse_system_args
+
+    given = [o for o, v in (("--system", system_name), ("--baseline", baseline), ("--checkpoint", checkpoint))
+             if v is not None]
+    if len(given) != 1:
+        raise ConfigError("pass exactly one of --system NAME, --baseline mixture|oracle-irm and --checkpoint CKPT")
+    args = parse_system_args(system_arg)
+    if baseline is not None:
+        check_choice("--baseline", baseline, BASELINES)
+        if condition is not None:
+            raise ConfigError(f"--condition {condition} applies to a --checkpoint system; the {baseline} baseline "
+                              "takes no query: drop --condition")
+        return baseline, args
+    if checkpoint is not None:
+        args = {"checkpoint": str(checkpoint), **args}
+        args["condition"] = check_choice("--condition", condition or args.get("condition", "average"), CONDITIONS)
+        return "uss", args
+    if condition is not None:
+        if system_name != "uss":
+            raise ConfigError(f"--condition {condition} applies to the uss system; pass the system's own options "
+                              "as --system-arg KEY=VALUE")
+        args["condition"] = check_choice("--condition", condition, CONDITIONS)
+    return system_name, args
+
+
+@app.command()
+def systems() -> None:
+    """List the systems eval can run: name, description, query modes (primary first), sample rate."""
+    from harness.systems import ENTRY_POINT_GROUP, known_system_names, resolve_spec
+
+    table = Table(title="uss-bench systems (eval --system NAME)")
+    for col in ("system", "description", "query modes", "sample rate", "from"):
+        table.add_column(col, overflow="fold")
+    for name in known_system_names():
+        try:
+            spec = resolve_spec(name)
+        except UssBenchError as exc:
+            table.add_row(escape(name), f"[red]{escape(str(exc))}[/red]", "", "", "entry point")
+            continue
+        oracle = " (oracle: receives the target)" if spec.is_oracle else ""
+        table.add_row(escape(name), escape(spec.description + oracle), ", ".join(spec.query_modes),
+                      f"{spec.sample_rate} Hz", escape(spec.origin))
+    console.print(table)
+    console.print(f"also: --system FILE.py:ATTR or package.module:ATTR, and entry points of group {ENTRY_POINT_GROUP}",
+                  markup=False, highlight=False)
+
+
+@app.command()
+def score(
+    estimates: Annotated[Path, typer.Argument(help="folder of <item_id>.wav / .flac estimates (mono, any rate)")],
+    dataset: Annotated[str, typer.Argument(help="the dataset whose built set the estimates are of")],
+    workdir: WorkdirOpt = None,
+    out: Annotated[Path | None, typer.Option(help="run folder [reports/estimates-<folder name>]")] = None,
+    split: str = "test",
+    name: Annotated[str | None, typer.Option(help="the system column [estimates:<folder name>]")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="metric worker processes")] = 1,
+    limit: Annotated[int | None, typer.Option(min=1, help="first N items of the set [all]")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score separations made elsewhere; a missing or unreadable file is a row with its status, not a failure."""
+    from harness.estimates import EstimatesSystem
+    from harness.evaluate import EvalOptions, resolve_datasets, run_eval
+    from harness.reports import render_report
+
+    wd = _workdir(workdir)
+    names, _ = resolve_datasets([dataset], False, wd, split)
+    system = EstimatesSystem(estimates, name=name)
+    run_dir = out or Path("reports") / f"estimates-{estimates.name}"
+    opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, jobs=jobs, limit=limit)
+    with _progress(quiet) as update:
+        run = run_eval(system, opts, progress=lambda d, done, total: update(f"{d} score", done, total))
+    report = render_report(run_dir)
+    console.print(report.summary.read_text().split("## Detail")[0], markup=False, highlight=False)
+    counts = run["counts"].get(dataset, {})
+    console.print(f"items: {run_dir}/items.parquet ({', '.join(f'{k}: {v}' for k, v in counts.items())}), "
+                  f"summary: {report.summary}", markup=False, highlight=False)
 
 
 @app.command("embed-queries")

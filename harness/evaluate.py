@@ -5,7 +5,9 @@ One row per (item, condition) goes to ``<out>/items.parquet`` (DESIGN §7): ids,
 that cannot be scored are kept as rows with a status, never dropped; aggregates skip them and the
 report counts them.
 
-Systems plug in through :class:`System`; the corpus, metric and report code never changes for a new one.
+Systems plug in through :class:`harness.systems.System` (re-exported here); the corpus, metric and report
+code never changes for a new one. Only an oracle system (``System.is_oracle``) is handed the target; every
+other one gets ``target=None`` and one :class:`harness.queries.Query` per item.
 
 **Pipeline.** Per dataset and condition the work is cut into *units*: a block of ``batch_size``
 consecutive manifest rows of a fixed-length set (2-s items read from ``mixtures.h5``), or one whole
@@ -54,6 +56,7 @@ sets, tracks for whole-track sets); each rank writes its own parts; rank 0 waits
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -64,7 +67,6 @@ import shutil
 import subprocess
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,7 +75,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import torch
 from joblib import delayed
 
 import harness
@@ -89,13 +90,19 @@ from harness.datasets.store import (
     open_set,
     track_length_status,
 )
-from harness.errors import ConfigError, UssBenchError
+from harness.errors import ConfigError, UssBenchError, check_choice
 from harness.models import spectral
 from harness.parallel import Ranks
+from harness.queries import Query, ShotBank, display_name
 from harness.scoring import METRIC_COLUMNS, score_task, unscored
 from harness.tempfiles import remove_stale_temps
 from harness.scoring import score as score  # public here too: harness.evaluate.score
 from harness.scoring import score_batch as score_batch
+from harness.systems import BASELINES as BASELINES  # re-exported: older imports keep working
+from harness.systems import MixtureBaseline as MixtureBaseline
+from harness.systems import OracleIRM as OracleIRM
+from harness.systems import System as System
+from harness.systems import describe_system
 
 log = logging.getLogger(__name__)
 
@@ -115,80 +122,6 @@ PREFETCH = 2
 """Units the reader thread reads ahead of the separation."""
 
 
-class System(ABC):
-    """Something that separates: a baseline or a query-conditioned model.
-
-    ``separate`` receives a batch of mixtures with the items' rows; it may use the target only when the
-    system is an oracle (e.g. :class:`OracleIRM`) or for ``condition="oracle"`` query embeddings.
-    """
-
-    name: str
-    """What was evaluated, e.g. ``"baseline:mixture"``; the ``system`` column."""
-    checkpoint_sha256: str | None = None
-
-    def conditions(self, dataset: str) -> tuple[str, ...]:
-        """Query conditions evaluated on ``dataset`` (``"none"`` for systems without a query)."""
-        return ("none",)
-
-    def prepare(self, dataset: str) -> None:
-        """Load what evaluating ``dataset`` needs (e.g. its query set); raise UssBenchError if absent."""
-        return None
-
-    def unscorable(self, items: pd.DataFrame, condition: str) -> dict[str, str]:
-        """``{item_id: status}`` of the items this system cannot separate (e.g. no query for the class)."""
-        return {}
-
-    @abstractmethod
-    def separate(self, mixture: np.ndarray, target: np.ndarray, items: pd.DataFrame,
-                 condition: str) -> np.ndarray:
-        """Separate a batch.
-
-        Args:
-            mixture, target: float32 ``(B, L)`` at 32 kHz.
-            items: the ``B`` manifest rows (``dataset``, ``label``, ``class_id``…).
-            condition: one of :meth:`conditions`.
-
-        Returns:
-            float32 ``(B, L)`` estimates of the targets.
-        """
-
-
-class MixtureBaseline(System):
-    """Returns the mixture: SDRi is 0 dB by construction (a sanity floor)."""
-
-    name = "baseline:mixture"
-
-    def separate(self, mixture, target, items, condition):
-        return np.array(mixture, dtype=np.float32, copy=True)
-
-
-class OracleIRM(System):
-    """Ideal ratio mask from the target and the interferer (``mixture − target``): an upper bound.
-
-    ``M = sqrt(|S|² / (|S|² + |N|²))`` on a 2048-point STFT with hop 320 (the separator's own STFT,
-    SEMANTICS §3.2), periodic Hann window, applied to the mixture STFT and inverted with ``torch.istft``.
-    Time-frequency bins where both are silent get mask 0.
-    """
-
-    name = "baseline:oracle-irm"
-    n_fft = 2048
-    hop = 320
-
-    def separate(self, mixture, target, items, condition):
-        mix = torch.from_numpy(np.asarray(mixture, dtype=np.float32))
-        tgt = torch.from_numpy(np.asarray(target, dtype=np.float32))
-        window = torch.hann_window(self.n_fft, periodic=True)
-        m, s = spectral.stft(mix, window, self.hop), spectral.stft(tgt, window, self.hop)
-        n = m - s
-        ps, pn = s.abs().square(), n.abs().square()
-        mask = torch.where(ps + pn > 0, torch.sqrt(ps / (ps + pn).clamp_min(1e-20)), torch.zeros_like(ps))
-        est = spectral.istft(m * mask, window, mix.shape[-1], self.hop)
-        return est.numpy().astype(np.float32)
-
-
-BASELINES: dict[str, Callable[[], System]] = {"mixture": MixtureBaseline, "oracle-irm": OracleIRM}
-
-
 @dataclass
 class EvalOptions:
     """Options of one eval run (recorded in ``run.json``).
@@ -205,6 +138,9 @@ class EvalOptions:
         executor: ``"loky"`` or ``"dask"`` (:mod:`harness.parallel`).
         scheduler: Dask scheduler address (``executor="dask"``); ``None`` starts a LocalCluster.
         part_items: rows per part file (rounded up to whole units).
+        save_estimates: ``none | worst | best | all``: write estimates under ``<out>/estimates``
+            (:mod:`harness.estimates`).
+        shots: example clips per class for query mode ``audio-shots`` (:class:`harness.queries.ShotBank`).
         extra: anything else to record (condition, device...).
     """
 
@@ -219,18 +155,23 @@ class EvalOptions:
     executor: str = "loky"
     scheduler: str | None = None
     part_items: int = PART_ITEMS
+    save_estimates: str = "none"
+    shots: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
     break_lock: bool = False
     """Remove a stale ``<out>/eval.lock`` of a killed run first (:mod:`harness.runlock`)."""
 
     def check(self) -> None:
         """Raise ConfigError for a batch size, limit or part size below 1, or bad executor options."""
-        for name in ("batch_size", "part_items"):
+        for name in ("batch_size", "part_items", "shots"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
         if self.limit is not None and int(self.limit) < 1:
             raise ConfigError(f"--limit {self.limit}: must be at least 1")
         parallel.check_executor(self.executor, self.jobs, self.scheduler)
+        from harness.estimates import SAVE_CHOICES
+
+        check_choice("--save-estimates", self.save_estimates, SAVE_CHOICES)
 
 
 def git_revision() -> str | None:
@@ -434,6 +375,9 @@ class _Unit:
     est: np.ndarray | None = None  # the system's output for the separated rows, in row order
     est_row: np.ndarray | None = None  # unit row -> row of ``est``
     seconds: float = 0.0
+    sys_mix: np.ndarray | None = None  # mixture / target at the system's rate when it is not the set's
+    sys_ref: np.ndarray | None = None
+    set_rate: int = harness.SAMPLE_RATE
 
 
 def _plan(n: int, virtual: bool, batch_size: int, ranks: Ranks) -> list[np.ndarray]:
@@ -445,13 +389,21 @@ def _plan(n: int, virtual: bool, batch_size: int, ranks: Ranks) -> list[np.ndarr
 
 
 def _read_units(evalset: EvalSet, manifest: pd.DataFrame, cfg: dict, plan: list[tuple[np.ndarray, np.ndarray]],
-                skip: dict[str, str]) -> Iterator[_Unit]:
-    """Read the audio of each planned unit (runs in the reader thread). Unscorable items are not read."""
+                skip: dict[str, str], system_rate: int | None = None) -> Iterator[_Unit]:
+    """Read the audio of each planned unit (runs in the reader thread). Unscorable items are not read.
+
+    ``unit.mix`` / ``unit.ref`` are at the set's rate (scoring). When ``system_rate`` differs, ``unit.sys_mix``
+    / ``unit.sys_ref`` hold the system's input at its rate: whole-file items read from the corpus file at
+    that rate (one resampling of the original), fixed-length items resampled from their 32-kHz rows (soxr HQ).
+    """
+    set_rate = int(cfg["sample_rate"])
+    other = system_rate is not None and int(system_rate) != set_rate
     corpus = get_corpus(evalset.dataset, evalset.corpus_root) if evalset.virtual else None
     for pos, todo in plan:
         t0 = time.perf_counter()
         items = manifest.iloc[pos]
-        unit = _Unit(pos, todo, items, [unscored(skip[i]) if i in skip else None for i in items["item_id"]])
+        unit = _Unit(pos, todo, items, [unscored(skip[i]) if i in skip else None for i in items["item_id"]],
+                     set_rate=set_rate)
         if all(s is not None for s in unit.scored):
             pass  # no audio read, no separation
         elif corpus is None:
@@ -467,8 +419,28 @@ def _read_units(evalset: EvalSet, manifest: pd.DataFrame, cfg: dict, plan: list[
             else:
                 unit.scored = [track_length_status(row, mix, ref)]
                 unit.mix, unit.ref = mix[None], ref[None]
+                if other:
+                    smix = corpus.read(AudioRef(evalset.corpus_root / row["mixture_file"]), system_rate)
+                    sref = corpus.read(AudioRef(evalset.corpus_root / row["target_file"]), system_rate)
+                    unit.sys_mix, unit.sys_ref = smix[None], sref[None]
+        if other and corpus is None and unit.mix is not None:
+            unit.sys_mix = _resample_rows(unit.mix, set_rate, system_rate)
+            unit.sys_ref = _resample_rows(unit.ref, set_rate, system_rate)
         unit.seconds = time.perf_counter() - t0
         yield unit
+
+
+def _resample_rows(x: np.ndarray, orig_sr: int, target_sr: int, length: int | None = None) -> np.ndarray:
+    """Resample each row of float32 ``(B, L)`` with soxr HQ (:func:`harness.audio.resample`); with ``length``,
+    cut or zero-pad the rows to it. Returns float32 ``(B, L')``."""
+    from harness.audio import resample
+
+    rows = [resample(r, orig_sr, target_sr) for r in x]
+    n = length if length is not None else max((len(r) for r in rows), default=0)
+    out = np.zeros((len(rows), n), np.float32)
+    for i, r in enumerate(rows):
+        out[i, : min(n, len(r))] = r[:n]
+    return out
 
 
 def _prefetch(source: Iterable[Any], depth: int) -> Iterator[Any]:
@@ -550,19 +522,75 @@ class _ScorePool:
         return lambda: list(gen)
 
 
-def _separate(system: System, unit: _Unit, condition: str) -> None:
+def _separate(system: System, unit: _Unit, condition: str, shots: ShotBank | None = None) -> None:
     """Separate the unit's scorable rows (all of them, also rows already done, so that a block's
     estimates never depend on the resume point) into ``unit.est``."""
     keep = np.array([s is None for s in unit.scored])
     if not keep.any():
         return
     t0 = time.perf_counter()
-    if keep.all():
-        unit.est = np.asarray(system.separate(unit.mix, unit.ref, unit.items, condition))
-    else:
-        unit.est = np.asarray(system.separate(unit.mix[keep], unit.ref[keep], unit.items[keep], condition))
+    src_mix, src_ref = (unit.mix, unit.ref) if unit.sys_mix is None else (unit.sys_mix, unit.sys_ref)
+    mix, ref, items = (src_mix, src_ref, unit.items) if keep.all() else \
+        (src_mix[keep], src_ref[keep], unit.items[keep])
+    est = call_separate(system, mix, ref, items, condition, shots)
+    if unit.sys_mix is not None:  # back to the set's rate (and length) for scoring; metrics resample further
+        est = _resample_rows(est, int(system.sample_rate), int(unit.set_rate), unit.mix.shape[1])
+    unit.est = est
     unit.est_row = np.cumsum(keep) - 1
     unit.seconds += time.perf_counter() - t0
+
+
+def make_queries(system: System, items: pd.DataFrame, condition: str, target: np.ndarray | None,
+                 shots: ShotBank | None = None) -> list[Query]:
+    """One :class:`~harness.queries.Query` per row for ``condition`` (a query mode of ``system``).
+
+    ``embedding`` comes from ``system.average_embeddings`` in mode ``average`` (``None`` for a class without
+    one: such items are ``no_query`` rows, :meth:`System.unscorable`); ``oracle_source`` is the row's
+    target in mode ``oracle`` only; ``shots`` the class's example clips in mode ``audio-shots``.
+    """
+    table = system.average_embeddings(items["dataset"].iloc[0]) if condition == "average" else None
+    out = []
+    for i, (class_id, label) in enumerate(zip(items["class_id"].tolist(), items["label"].tolist(), strict=True)):
+        out.append(Query(condition, int(class_id), str(label), display_name(str(label)),
+                         embedding=table.get(label) if table is not None else None,
+                         oracle_source=target[i] if condition == "oracle" and target is not None else None,
+                         shots=shots.shots(label, class_id) if condition == "audio-shots" and shots else None))
+    return out
+
+
+def call_separate(system: System, mix: np.ndarray, ref: np.ndarray | None, items: pd.DataFrame,
+                  condition: str, shots: ShotBank | None = None) -> np.ndarray:
+    """``system.separate`` on one batch, handing the target to oracle systems only.
+
+    A non-oracle system gets ``target=None``; the oracle query source (mode ``oracle``) travels in its
+    queries. A ``separate`` written before queries existed (four parameters) is called without them.
+
+    Returns:
+        float32 ``(B, L)``: the estimates, cut or zero-padded to the mixture's length ``L``.
+    """
+    queries = make_queries(system, items, condition, ref, shots)
+    target = ref if system.is_oracle else None
+    if _takes_queries(system):
+        est = system.separate(mix, target, items, condition, queries=queries)
+    else:
+        est = system.separate(mix, target, items, condition)
+    est = np.asarray(est, dtype=np.float32)
+    if est.ndim == 1 and mix.shape[0] == 1:
+        est = est[None]
+    if est.shape[0] != mix.shape[0]:
+        raise UssBenchError(f"system {system.name!r} returned {est.shape[0]} estimate(s) for {mix.shape[0]} "
+                            f"mixture(s) (shape {est.shape}; expected (B, L))")
+    n = mix.shape[-1]
+    if est.shape[-1] != n:
+        est = est[:, :n] if est.shape[-1] > n else np.pad(est, ((0, 0), (0, n - est.shape[-1])))
+    return est
+
+
+def _takes_queries(system: System) -> bool:
+    try:
+        return "queries" in inspect.signature(system.separate).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _tasks(unit: _Unit, cfg: dict, n_tasks: int) -> list[tuple[np.ndarray, tuple]]:
@@ -582,15 +610,22 @@ def _tasks(unit: _Unit, cfg: dict, n_tasks: int) -> list[tuple[np.ndarray, tuple
 
 
 def _pipeline(system: System, evalset: EvalSet, manifest: pd.DataFrame, cfg: dict, condition: str,
-              plan: list[tuple[np.ndarray, np.ndarray]], pool: _ScorePool, common: dict[str, Any]
+              plan: list[tuple[np.ndarray, np.ndarray]], pool: _ScorePool, common: dict[str, Any],
+              save: Callable[[list[str], np.ndarray], None] | None = None, shots: ShotBank | None = None
               ) -> Iterator[list[dict[str, Any]]]:
-    """Rows of each planned unit, in plan order: read ahead ∥ separate unit k+1 ∥ score unit k."""
+    """Rows of each planned unit, in plan order: read ahead ∥ separate unit k+1 ∥ score unit k.
+    ``save(item_ids, estimates)`` is called with each unit's separated rows (``--save-estimates``)."""
     if not plan:
         return
     # every row of the planned units, also rows already done: a block is separated as in the first run
-    skip = system.unscorable(manifest.iloc[np.concatenate([pos for pos, _ in plan])], condition)
+    planned = manifest.iloc[np.concatenate([pos for pos, _ in plan])]
+    skip = system.unscorable(planned, condition)
+    if shots is not None:  # a class without clips in the query split has no audio query: a counted row
+        skip.update({i: "no_query" for i, label in zip(planned["item_id"], planned["label"], strict=True)
+                     if not shots.groups.get(label) and i not in skip})
     group_size = pool.jobs if evalset.virtual else 1
-    reader = _prefetch(_read_units(evalset, manifest, cfg, plan, skip), max(PREFETCH, group_size))
+    reader = _prefetch(_read_units(evalset, manifest, cfg, plan, skip, int(system.sample_rate)),
+                       max(PREFETCH, group_size))
     pending = None
 
     def finish(pending) -> Iterator[list[dict[str, Any]]]:
@@ -609,11 +644,13 @@ def _pipeline(system: System, evalset: EvalSet, manifest: pd.DataFrame, cfg: dic
     try:
         for group in _groups(reader, group_size):
             for unit in group:
-                _separate(system, unit, condition)
+                _separate(system, unit, condition, shots)
+                if save is not None and unit.est is not None:
+                    save(unit.items["item_id"].to_numpy()[[s is None for s in unit.scored]].tolist(), unit.est)
             n_tasks = pool.jobs if len(group) == 1 else 1
             tasks = [_tasks(unit, cfg, n_tasks) for unit in group]
             for unit in group:  # the audio now lives in the tasks only
-                unit.mix = unit.ref = unit.est = unit.est_row = None
+                unit.mix = unit.ref = unit.est = unit.est_row = unit.sys_mix = unit.sys_ref = None
             if pending is not None:
                 yield from finish(pending)
             pending = (group, tasks, pool.submit([args for unit_tasks in tasks for _, args in unit_tasks]))
@@ -659,11 +696,18 @@ def evaluate_set(system: System, evalset: EvalSet, opts: EvalOptions, common: di
     plans = _plans(evalset, manifest, opts, ranks, conditions, done)
     total = sum(int(todo.sum()) for plan in plans.values() for _, todo in plan)
     computed = 0
+    from harness.estimates import EstimateSaver
+
+    saver = EstimateSaver(opts.out, opts.save_estimates)
+    shots = shot_bank(system, evalset, opts)
     with _ScorePool(opts.jobs) as pool:
         for c in conditions:
             writer = PartWriter(parts_dir(opts.out, evalset.dataset, c), ranks.rank, opts.part_items)
+            folder = saver.folder(evalset.dataset, c, conditions)
+            save = (lambda ids, est, folder=folder: saver.save(folder, ids, est, cfg["sample_rate"])) \
+                if saver.active else None
             try:
-                for rows in _pipeline(system, evalset, manifest, cfg, c, plans[c], pool, common):
+                for rows in _pipeline(system, evalset, manifest, cfg, c, plans[c], pool, common, save, shots):
                     writer.add(rows)
                     computed += len(rows)
                     if progress:
@@ -744,6 +788,24 @@ def merge_parts(out: str | Path, evalset: EvalSet, conditions: Sequence[str], li
     return df.iloc[first, columns].reset_index(drop=True), n_dup
 
 
+def shot_bank(system: System, evalset: EvalSet, opts: EvalOptions) -> ShotBank | None:
+    """The example clips of mode ``audio-shots`` (``opts.shots`` per class from the query split), or ``None``
+    when the system does not run that mode on the set."""
+    if "audio-shots" not in system.conditions(evalset.dataset):
+        return None
+    return ShotBank(evalset.dataset, evalset.corpus_root, opts.shots, int(system.sample_rate))
+
+
+def check_modes(system: System, dataset: str) -> None:
+    """Raise ConfigError when a condition of ``system`` on ``dataset`` is not one of its query modes, or is
+    ``average`` without average embeddings (after ``prepare``): a mode never yields NaN cells silently."""
+    for c in system.conditions(dataset):
+        check_choice(f"condition of system {system.name!r}", c, system.query_modes)
+        if c == "average" and system.average_embeddings(dataset) is None:
+            raise ConfigError(f"system {system.name!r} runs query mode 'average' on {dataset} but has no average "
+                              "query embeddings for it (average_embeddings returned None after prepare)")
+
+
 def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, int], None] | None = None,
              ranks: Ranks | None = None) -> dict[str, Any] | None:
     """:func:`_run_eval_locked` holding the run folder's lock ``<out>/eval.lock`` (:mod:`harness.runlock`).
@@ -793,6 +855,7 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
         ConfigError: bad options (:meth:`EvalOptions.check`).
     """
     t0 = time.perf_counter()
+    started_at = _now()
     opts.check()
     ranks = ranks or Ranks()
     out = Path(opts.out)
@@ -801,6 +864,8 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
     sets = [open_set(opts.workdir, d, opts.split) for d in opts.datasets]
     for evalset in sets:  # fail before any work when, e.g., a query set is missing
         system.prepare(evalset.dataset)
+        check_modes(system, evalset.dataset)
+        shot_bank(system, evalset, opts)  # the query split can be listed
     if opts.resume:
         for evalset in sets:
             _check_parts(out, system, evalset)
@@ -808,6 +873,11 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
         remove_stale_temps(out)  # .items.parquet.tmp-PID etc. of runs that were killed
         for evalset in sets:
             _init_parts(out, system, evalset, opts.resume)
+        if not opts.resume:  # estimates of an earlier run in this folder would mix with this run's
+            from harness.estimates import EstimateSaver
+
+            for evalset in sets:
+                EstimateSaver(out).clear(evalset.dataset)
     ranks.barrier()  # parts cleared before anyone scans or writes
     done = {s.dataset: {c: done_items(out, s.dataset, c) for c in system.conditions(s.dataset)} for s in sets}
     ranks.barrier()  # everyone has scanned before anyone writes: "resumed" counts only older rows
@@ -838,17 +908,23 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
         conditions = system.conditions(d)
         frame, n_dup = merge_parts(out, evalset, conditions, opts.limit)
         frames.append(frame)
+        if opts.save_estimates in ("worst", "best"):
+            from harness.estimates import EstimateSaver
+
+            EstimateSaver(out, opts.save_estimates).prune(frame, d, conditions)
         ids = set(frame["item_id"])
         stats[d] = {"rows": len(frame), "resumed": sum(len(done[d][c] & ids) for c in conditions),
                     "computed": sum(g["computed"].get(d, 0) for g in gathered), "duplicates_dropped": n_dup}
     items = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True) if frames else items_frame([])
     del frames
-    atomic_write_parquet(items, out / "items.parquet")
+    atomic_write_parquet(stable_types(items), out / "items.parquet")
     seconds = {d: max(g["timings"][d] for g in gathered if d in g["timings"])
                for d in opts.datasets if any(d in g["timings"] for g in gathered)}
     run = {
         "system": system.name,
         "checkpoint_sha256": system.checkpoint_sha256,
+        "system_info": describe_system(system),
+        "sample_rates": {s.dataset: sample_rates(system, s) for s in sets},
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
         "datasets": opts.datasets,
         "builds": {s.dataset: {"digest": s.build["digest"], "path": str(s.path)} for s in sets},
@@ -861,9 +937,43 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
         "inference": getattr(getattr(system, "separator", None), "inference_report", None),
         "versions": versions(),
         "git_revision": common["git_revision"],
+        "set_items": {s.dataset: len(s.manifest) for s in sets},
+        "host": platform.node(),
+        "device": str(getattr(system, "device", None) or opts.extra.get("device") or "cpu"),
+        "started_at": started_at,
+        "finished_at": _now(),
     }
     atomic_write_text(out / "run.json", json.dumps(run, indent=2, default=str) + "\n")
+    from harness.results import write_results
+
+    write_results(out, items)
     return run
+
+
+def _now() -> str:
+    """UTC time, ISO 8601 to the second."""
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def sample_rates(system: System, evalset: EvalSet) -> dict[str, Any]:
+    """The rates (Hz) a run used on a set: the system's input and output, the set's (scoring input, SDR
+    family) and each metric's own rate (PESQ and SSNR resample to ``metric_sample_rate``)."""
+    cfg = load_dataset_config(evalset.dataset)
+    set_rate = int(cfg["sample_rate"])
+    speech = int(cfg.get("metric_sample_rate", set_rate))
+    metric_rate = {"sdr": set_rate, "sdri": set_rate, "si_sdr": set_rate, "si_sdri": set_rate,
+                   "musdb_sdr": set_rate, "musdb_sdri": set_rate, "pesq": speech, "ssnr": speech}
+    return {"system": int(system.sample_rate), "set": set_rate,
+            "system_input": "corpus files read at the system rate" if evalset.virtual
+            else f"{set_rate}-Hz set rows resampled (soxr HQ)" if int(system.sample_rate) != set_rate
+            else f"{set_rate}-Hz set rows",
+            "metrics": {m: metric_rate[m] for m in cfg["metrics"] if m in metric_rate}}
+
+
+STRING_COLUMNS = tuple(c for c in ITEM_COLUMNS if c not in (*METRIC_COLUMNS, "seconds", "class_id"))
+"""Columns of ``items.parquet`` that are strings (Parquet ``string`` even when every value is null)."""
 
 
 def items_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -873,7 +983,7 @@ def items_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     for c in (*METRIC_COLUMNS, "seconds"):
         df[c] = df[c].astype("float64")
     df["class_id"] = df["class_id"].astype("int64")
-    return split_status(df)
+    return stable_types(split_status(df))
 
 
 def split_status(df: pd.DataFrame) -> pd.DataFrame:
@@ -902,6 +1012,16 @@ def datasets_without_ok(counts: dict[str, dict[str, int]]) -> dict[str, dict[str
     """The datasets of a run's ``run.json`` ``counts`` of which no row is ``ok`` (every item failed), with
     their status counts; ``eval`` says so, and ``--strict`` makes it fail."""
     return {d: c for d, c in counts.items() if sum(c.values()) and not c.get("ok", 0)}
+
+
+def stable_types(df: pd.DataFrame) -> pd.DataFrame:
+    """A string column whose values are all null (``checkpoint_sha256`` of a baseline, ``git_revision``
+    outside git) as pandas ``string``, so that Parquet stores it as ``string``, not ``null``: a folder of runs
+    then has one schema (DuckDB ``read_parquet('runs/*/items.parquet')`` needs no options). Returns ``df``."""
+    for c in STRING_COLUMNS:
+        if c in df.columns and df[c].dtype == object and df[c].isna().all():
+            df[c] = df[c].astype("string")
+    return df
 
 
 def versions() -> dict[str, str]:

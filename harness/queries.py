@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,98 @@ def load_queries(workdir: str | Path, dataset: str, checkpoint_sha256: str) -> t
     data = np.load(path / "queries.npz")
     table = {str(label): data["conditions"][i] for i, label in enumerate(data["labels"])}
     return table, json.loads((path / "queries.json").read_text())
+
+
+# -- query objects handed to a system ------------------------------------------------------------------
+
+QUERY_MODES = ("none", "label", "text", "average", "oracle", "audio-shots")
+"""What a system can be conditioned on (``System.query_modes``):
+
+- ``none``: nothing (an enhancer, a baseline);
+- ``label``: the class id and label (a one-hot / label-embedding model);
+- ``text``: the ontology display name (a text-queried model, e.g. "Acoustic guitar");
+- ``average``: the average embedding of the class over the query split (paper eq. 9; ``embed-queries``);
+- ``oracle``: the target itself as the query source (paper eq. 11; oracle-capable systems only);
+- ``audio-shots``: example clips of the class from the query split (an audio-queried model).
+"""
+
+
+def display_name(label: str) -> str:
+    """The human-readable name of a class label: AudioSet labels already are ontology display names
+    (``"Acoustic guitar"``); FSD labels use ``_`` for spaces (``"Acoustic_guitar"`` → ``"Acoustic guitar"``);
+    stems and ``speech`` are returned as written."""
+    return label.replace("_", " ")
+
+
+@dataclass(frozen=True)
+class Query:
+    """What one item asks the system to separate; one per item, in batch order.
+
+    Attributes:
+        mode: the query mode of this evaluation condition (one of :data:`QUERY_MODES`).
+        class_id: the target class's index in the dataset vocabulary (``class_id`` column).
+        label: the target class label as the corpus writes it (``label`` column).
+        text: its display name (for text-queried models), :func:`display_name`.
+        embedding: float32 ``(D,)`` average condition of the class (eq. 9) in mode ``average`` when the
+            system has a query set; else ``None``.
+        oracle_source: float32 ``(L,)`` the target at the system's rate, in mode ``oracle`` only (eq. 11:
+            the system embeds it with its own query net); else ``None``.
+        shots: float32 ``(L_k,)`` example clips of the class at the system's rate, in mode ``audio-shots``;
+            else ``None``.
+    """
+
+    mode: str
+    class_id: int
+    label: str
+    text: str
+    embedding: np.ndarray | None = None
+    oracle_source: np.ndarray | None = None
+    shots: tuple[np.ndarray, ...] | None = None
+
+
+class ShotBank:
+    """Example clips of each class from the dataset's query split, for mode ``audio-shots``.
+
+    Per class, ``k`` recordings are drawn without replacement (all of them when the class has fewer) from
+    :func:`query_files` sorted by file key, by ``numpy.random.default_rng([seed, class_id])``: the choice
+    depends only on the seed, the class and the split's file list, never on the items, the batch or the
+    workers. Each clip is read whole at ``sample_rate`` (mono float32; soxr from the file's rate) and kept
+    for the run.
+
+    Args:
+        dataset: the dataset name; root: its corpus root; split: the query split [the TOML's ``query_split``].
+        k: clips per class (``eval --shots``); seed: [the TOML's ``seed``]; sample_rate: the system's rate.
+
+    Raises:
+        LayoutError, MetadataError: the query split cannot be listed (at construction).
+        ConfigError: ``k < 1``.
+    """
+
+    def __init__(self, dataset: str, root: str | Path, k: int, sample_rate: int, split: str | None = None,
+                 seed: int | None = None):
+        from harness.errors import ConfigError
+
+        if int(k) < 1:
+            raise ConfigError(f"--shots {k}: must be at least 1")
+        cfg = load_dataset_config(dataset)
+        self.dataset, self.k, self.sample_rate = dataset, int(k), int(sample_rate)
+        self.split = split or cfg["query_split"]
+        self.seed = int(cfg.get("seed", 0) if seed is None else seed)
+        self.corpus = get_corpus(dataset, root)
+        self.groups = {label: sorted(refs, key=lambda r: r.key()) for label, refs in
+                       query_files(dataset, root, self.split).items()}
+        self._cache: dict[str, tuple[np.ndarray, ...]] = {}
+
+    def chosen(self, label: str, class_id: int) -> list[AudioRef]:
+        """The ``k`` recordings of a class (``[]`` when the split has none)."""
+        refs = self.groups.get(label, [])
+        if len(refs) <= self.k:
+            return list(refs)
+        rng = np.random.default_rng([self.seed, int(class_id)])
+        return [refs[i] for i in sorted(rng.choice(len(refs), size=self.k, replace=False))]
+
+    def shots(self, label: str, class_id: int) -> tuple[np.ndarray, ...]:
+        """The chosen clips as float32 ``(L_i,)`` arrays at ``sample_rate``."""
+        if label not in self._cache:
+            self._cache[label] = tuple(self.corpus.read(r, self.sample_rate) for r in self.chosen(label, class_id))
+        return self._cache[label]

@@ -103,12 +103,20 @@ def bootstrap_mean(values: np.ndarray, resamples: int = 1000, seed: int = 0) -> 
     return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def cell_condition(sub: pd.DataFrame, prefs: tuple[str, ...]) -> str | None:
+    """The condition a Table 2 cell is computed from: the first of ``prefs`` with rows in ``sub`` (one
+    system, one dataset), else the system's own first condition (its primary query mode, e.g. ``text``),
+    so a system with another query mode never gets NaN cells; ``None`` when ``sub`` is empty."""
+    present = list(dict.fromkeys(sub["condition"]))
+    return next((c for c in prefs if c in present), present[0] if present else None)
+
+
 def table2_row(items: pd.DataFrame) -> dict[str, float]:
     """The Table 2 cells of one system's items (NaN for datasets not evaluated)."""
     row = {}
     for key, _, dataset, metric, prefs, _how in TABLE2:
         sub = items[items["dataset"] == dataset]
-        cond = next((c for c in prefs if (sub["condition"] == c).any()), None)
+        cond = cell_condition(sub, prefs)
         row[key] = dataset_aggregate(items, dataset, metric, cond) if cond else float("nan")
     return row
 
@@ -151,7 +159,7 @@ def table2_cells(items: pd.DataFrame) -> dict[str, tuple[float, int, int]]:
     out = {}
     for key, _, dataset, metric, prefs, _how in TABLE2:
         sub = items[items["dataset"] == dataset]
-        cond = next((c for c in prefs if (sub["condition"] == c).any()), None)
+        cond = cell_condition(sub, prefs)
         if cond is None:
             out[key] = (float("nan"), 0, 0)
             continue
@@ -354,8 +362,11 @@ def table2_markdown(items: pd.DataFrame, systems: list[str]) -> tuple[str, dict[
     header = ["system", *[h for _, h, *_ in TABLE2]]
     rows, cells = [], {}
     for system in systems:
-        cells[system] = table2_cells(items[items["system"] == system])
-        rows.append([f"**{system}**", *[format_cell(cells[system][k]) for k, *_ in TABLE2]])
+        sub = items[items["system"] == system]
+        cells[system] = table2_cells(sub)
+        own = [c for c in dict.fromkeys(sub["condition"]) if c not in ("average", "oracle", "none")]
+        name = f"**{system}**" + (f" (query mode: {', '.join(own)})" if own else "")  # Table 2 names the mode
+        rows.append([name, *[format_cell(cells[system][k]) for k, *_ in TABLE2]])
     for name, paper in paper_rows():
         rows.append([name, *[_fmt(paper.get(k, float("nan")), 2) for k, *_ in TABLE2]])
     return markdown_table(header, rows), cells
@@ -438,6 +449,9 @@ def render_report(run_dir: str | Path) -> Report:
         parts.append("Runs: " + "; ".join(f"`{s.label}` ({s.path})" for s in sources))
         parts.append("")
     table2, cells = table2_markdown(items, systems)
+    from harness.results import write_results
+
+    write_results(run_dir, items)  # the same cells for machines
     parts += ["## Table 2 (paper layout)", "", table2, "", CONVENTIONS, "",
               "HTML report (tables, figures, audio): [report.html](report.html)", ""]
     parts += ["## Detail per dataset", ""]

@@ -1,0 +1,144 @@
+"""``results.json``: the run's aggregates for machines, beside ``items.parquet``.
+
+One record per (system, dataset, condition, metric) of the rows in ``items.parquet``:
+
+- ``value``: the aggregate under the dataset's ``convention`` (``class-median-mean`` or ``median``, the
+  Table 2 rule of :func:`harness.reports.aggregate_kind`), over the ``ok`` rows with a finite value;
+- ``ci95``: ``[low, high]``, a percentile bootstrap of that aggregate (:data:`CI_METHOD`);
+- ``items_ok``, ``rows`` (items evaluated), ``items_in_set``, ``classes``, ``coverage`` (= ``items_ok /
+  items_in_set``), ``statuses`` ({status: count});
+- ``table2``: the Table 2 column keys of ``summary.md`` whose cell this record is (``[]`` for none; a
+  system without queries fills both AudioSet columns from one record; :func:`harness.reports.cell_condition`
+  picks the condition);
+- ``build_digest``: the evaluation set's digest; ``system``: name, registry name, arguments, sample rate,
+  checkpoint sha256 (from the run's ``run.json``).
+
+The top level carries the provenance of the run(s): uss-bench version, git revision, host, device, start and
+end time. Written atomically by :func:`write_results` (called by the eval runner and by
+:func:`harness.reports.render_report`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import harness
+from harness.datasets.store import atomic_write_text
+
+SCHEMA = "uss-bench/results/1"
+
+CI_RESAMPLES = 1000
+CI_SEED = 0
+CI_METHOD = (f"percentile bootstrap (2.5th, 97.5th) of the aggregate over {CI_RESAMPLES} resamples, seed {CI_SEED}: "
+             "items resampled with replacement within each class for class-median-mean, over all items for median")
+
+
+def bootstrap_ci(values: np.ndarray, labels: np.ndarray, how: str, resamples: int = CI_RESAMPLES,
+                 seed: int = CI_SEED) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of an aggregate (deterministic for a seed).
+
+    Args:
+        values: float ``(N,)`` finite metric values.
+        labels: ``(N,)`` class labels (strata for ``class-median-mean``).
+        how: ``class-median-mean`` (per resample: median per class, mean over classes; classes resampled
+            within, so every class stays) or ``median`` / ``mean`` (all items resampled together).
+
+    Returns:
+        ``(low, high)``; NaNs when ``values`` is empty.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    if how == "class-median-mean":
+        labels = np.asarray(labels)
+        per_class = []
+        for c in pd.unique(labels):
+            v = values[labels == c]
+            per_class.append(np.median(v[rng.integers(0, len(v), size=(resamples, len(v)))], axis=1))
+        stats = np.mean(per_class, axis=0)
+    else:
+        draw = values[rng.integers(0, len(values), size=(resamples, len(values)))]
+        stats = np.median(draw, axis=1) if how == "median" else draw.mean(axis=1)
+    return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _metrics(dataset: str) -> list[str]:
+    from harness.config import load_dataset_config
+    from harness.scoring import METRIC_COLUMNS
+
+    wanted = load_dataset_config(dataset)["metrics"]
+    return [m for m in METRIC_COLUMNS if m in wanted]
+
+
+def _run_jsons(run_dir: Path, items: pd.DataFrame) -> dict[str, dict]:
+    """``{system in items: its run.json}`` (a report of several runs: each source's)."""
+    from harness.reports import run_sources
+
+    out: dict[str, dict] = {}
+    for src in run_sources(run_dir, items):
+        path = Path(src.path) / "run.json"
+        run = json.loads(path.read_text()) if path.is_file() else {}
+        for reported in src.systems.values():
+            out[reported] = run
+    return out
+
+
+def results(run_dir: str | Path, items: pd.DataFrame | None = None) -> dict[str, Any]:
+    """The ``results.json`` content of a run or report folder (see the module docstring)."""
+    from harness.reports import TABLE2, aggregate, aggregate_kind, load_items, table2_cells
+
+    run_dir = Path(run_dir)
+    items = load_items(run_dir) if items is None else items
+    runs = _run_jsons(run_dir, items)
+    records = []
+    for system, sub_sys in items.groupby("system", sort=False):
+        run = runs.get(system, {})
+        cells = table2_cells(sub_sys)
+        sources = {}
+        for key, _, dataset, metric, prefs, _how in TABLE2:
+            from harness.reports import cell_condition
+
+            cond = cell_condition(sub_sys[sub_sys["dataset"] == dataset], prefs)
+            if cond is not None and cells[key][2]:
+                sources.setdefault((dataset, cond, metric), []).append(key)
+        info = run.get("system_info") or {"name": system, "checkpoint_sha256": run.get("checkpoint_sha256")}
+        for (dataset, cond), sub in sub_sys.groupby(["dataset", "condition"], sort=False):
+            how = aggregate_kind(dataset)
+            in_set = run.get("set_items", {}).get(dataset, len(sub))
+            statuses = {str(k): int(v) for k, v in sub["status"].value_counts().items()}
+            for metric in _metrics(dataset):
+                ok = sub[(sub["status"] == "ok") & np.isfinite(sub[metric].to_numpy(dtype=float))]
+                lo, hi = bootstrap_ci(ok[metric].to_numpy(), ok["label"].to_numpy(), how)
+                records.append({
+                    "system": system, "dataset": dataset, "condition": cond, "metric": metric,
+                    "value": _finite(aggregate(ok[metric], ok["label"], how)), "convention": how,
+                    "ci95": [_finite(lo), _finite(hi)], "ci_method": CI_METHOD,
+                    "items_ok": len(ok), "rows": len(sub), "items_in_set": int(in_set),
+                    "classes": int(ok["label"].nunique()), "classes_in_rows": int(sub["label"].nunique()),
+                    "coverage": len(ok) / in_set if in_set else None, "statuses": statuses,
+                    "table2": sources.get((dataset, cond, metric), []),
+                    "build_digest": run.get("builds", {}).get(dataset, {}).get("digest"),
+                    "system_info": info,
+                })
+    provenance = [{"system": s, "uss_bench_version": r.get("versions", {}).get("harness"),
+                   "git_revision": r.get("git_revision"), "host": r.get("host"),
+                   "device": r.get("device") or r.get("options", {}).get("extra", {}).get("device"),
+                   "started_at": r.get("started_at"), "finished_at": r.get("finished_at")} for s, r in runs.items()]
+    return {"schema": SCHEMA, "uss_bench_version": harness.__version__, "runs": provenance, "results": records}
+
+
+def write_results(run_dir: str | Path, items: pd.DataFrame | None = None) -> Path:
+    """Write ``<run_dir>/results.json`` atomically; returns its path."""
+    path = Path(run_dir) / "results.json"
+    atomic_write_text(path, json.dumps(results(run_dir, items), indent=2, allow_nan=False) + "\n")
+    return path
