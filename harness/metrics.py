@@ -874,8 +874,11 @@ def _ssnr_weights(n: int, hop: int) -> np.ndarray:
     return np.ascontiguousarray(w2.reshape(nq, hop).T)
 
 
-def _windowed_energies(x: np.ndarray, weights: np.ndarray, n_frames: int, sq: np.ndarray) -> np.ndarray:
+def _windowed_energies(x, weights: np.ndarray, n_frames: int, sq: np.ndarray) -> np.ndarray:
     """``Σ_j w²[j]·x[k·hop + j]²`` for every frame ``k`` of a float64 ``(L,)`` signal.
+
+    ``x(a, b)`` returns the float64 samples ``[a, b)`` (computed on demand, :data:`_SSNR_BLOCKS` hops
+    at a time, so no whole-signal float64 copy or difference is ever held: issue 15 #11).
 
     ``Σ_j (w[j]·x[k·hop + j])²`` regrouped by hop-sized blocks: with ``X[b] = x[b·hop : (b+1)·hop]²``
     and ``P = X @ weights`` (``(blocks, nq)``), frame ``k`` is ``Σ_q P[k + q, q]``. Each sample is squared
@@ -887,7 +890,8 @@ def _windowed_energies(x: np.ndarray, weights: np.ndarray, n_frames: int, sq: np
     for b0 in range(0, n_blocks, _SSNR_BLOCKS):
         b1 = min(b0 + _SSNR_BLOCKS, n_blocks)
         chunk = sq[: (b1 - b0) * hop]
-        np.multiply(x[b0 * hop : b1 * hop], x[b0 * hop : b1 * hop], out=chunk)
+        xs = x(b0 * hop, b1 * hop)
+        np.multiply(xs, xs, out=chunk)
         np.matmul(chunk.reshape(b1 - b0, hop), weights, out=prods[b0:b1])
     energies = prods[:n_frames, 0].copy()
     for q in range(1, nq):
@@ -896,7 +900,8 @@ def _windowed_energies(x: np.ndarray, weights: np.ndarray, n_frames: int, sq: np
 
 
 def _ssnr_row(r: np.ndarray, e: np.ndarray, weights: np.ndarray, n_frames: int) -> float:
-    """SSNR (dB) of one float64 ``(L,)`` pair; the work of :func:`ssnr` and :func:`ssnr_batch`.
+    """SSNR (dB) of one ``(L,)`` pair of real arrays, computed in float64 block by block (the casts are
+    exact, so the values are those of float64 copies); the work of :func:`ssnr` and :func:`ssnr_batch`.
 
     NaN when either signal has a NaN/inf sample (the [−10, 35] dB clip would turn it into a number).
     """
@@ -904,8 +909,15 @@ def _ssnr_row(r: np.ndarray, e: np.ndarray, weights: np.ndarray, n_frames: int) 
         return float("nan")
     hop = weights.shape[0]
     sq = np.empty(_SSNR_BLOCKS * hop, dtype=np.float64)
-    signal = _windowed_energies(r, weights, n_frames, sq)
-    noise = _windowed_energies(np.subtract(r, e), weights, n_frames, sq)  # (c - p) = (s - ŝ)·w
+
+    def sig(a, b):
+        return np.asarray(r[a:b], dtype=np.float64)
+
+    def err(a, b):  # (c - p) = (s - ŝ)·w
+        return np.subtract(np.asarray(r[a:b], dtype=np.float64), np.asarray(e[a:b], dtype=np.float64))
+
+    signal = _windowed_energies(sig, weights, n_frames, sq)
+    noise = _windowed_energies(err, weights, n_frames, sq)
     with np.errstate(divide="ignore"):
         seg = np.clip(10.0 * np.log10(signal / (noise + _MATLAB_EPS)), SSNR_MIN_DB, SSNR_MAX_DB)
     return float(np.sum(seg)) / n_frames
@@ -943,7 +955,7 @@ def ssnr(ref, est, sample_rate: int) -> float:
             positive integer, or the signal is shorter than ``N + hop`` samples (no frame left).
     """
     sr = _sample_rate(sample_rate)
-    r, e = _pair_1d(ref, est, np.float64)
+    r, e = _pair_1d(ref, est, None)  # cast to float64 block by block (_ssnr_row)
     n, hop, n_frames = _ssnr_geometry(sr, r.shape[0])
     return _ssnr_row(r, e, _ssnr_weights(n, hop), n_frames)
 
@@ -968,7 +980,7 @@ def ssnr_batch(refs, ests, sample_rate: int) -> np.ndarray:
             not a positive integer, or the rows are shorter than ``N + hop`` samples.
     """
     sr = _sample_rate(sample_rate)
-    r, e = _pair_2d(refs, ests, np.float64)
+    r, e = _pair_2d(refs, ests, None)  # cast to float64 block by block (_ssnr_row)
     n, hop, n_frames = _ssnr_geometry(sr, r.shape[1])
     weights = _ssnr_weights(n, hop)
     return np.array([_ssnr_row(r[i], e[i], weights, n_frames) for i in range(r.shape[0])], dtype=np.float64)

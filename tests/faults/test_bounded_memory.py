@@ -126,3 +126,22 @@ def test_whole_track_metrics_run_in_bounded_memory():
     # Measured +105 MB after the fix, +837 MB before.
     got = peak_growth(600, "metrics")
     assert got["growth_mb"] < 3 * got["input_mb"] + 120, got
+
+
+def test_ssnr_casts_block_by_block_with_the_values_of_float64_copies():
+    # SSNR no longer casts whole signals to float64 nor holds their whole difference: the blocks are cast
+    # exactly, so float32 input gives the value of its float64 copy, and a frame-by-frame loop written
+    # out here (Loizou's comp_snr.m) agrees to float64 rounding.
+    rng = np.random.default_rng(3)
+    r = (0.1 * rng.standard_normal(16000 * 3)).astype(np.float32)
+    e = (r + 0.03 * rng.standard_normal(r.shape[0])).astype(np.float32)
+    got = M.ssnr(r, e, 16000)
+    assert got == M.ssnr(r.astype(np.float64), e.astype(np.float64), 16000)
+    n, hop = 480, 120
+    w = 0.5 * (1 - np.cos(2 * np.pi * np.arange(1, n + 1) / (n + 1)))
+    segs = []
+    for k in range(int(len(r) / hop - n / hop)):
+        c, p = r[k * hop: k * hop + n] * w, e[k * hop: k * hop + n] * w
+        c, p = c.astype(np.float64), p.astype(np.float64)
+        segs.append(np.clip(10 * np.log10(np.sum(c**2) / (np.sum((c - p) ** 2) + np.finfo(float).eps)), -10, 35))
+    assert got == pytest.approx(np.mean(segs), abs=1e-9)
