@@ -307,16 +307,19 @@ class PartWriter:
         self.rows = []
 
 
-def _parts_meta(system: System, evalset: EvalSet) -> dict[str, Any]:
-    return {"system": system.name, "checkpoint_sha256": system.checkpoint_sha256, "dataset": evalset.dataset,
+def _parts_meta(system: System, evalset: EvalSet, batch_size: int | None = None) -> dict[str, Any]:
+    meta = {"system": system.name, "checkpoint_sha256": system.checkpoint_sha256, "dataset": evalset.dataset,
             "split": evalset.split, "digest": evalset.build["digest"]}
+    if batch_size is not None:  # what a checkpoint's estimates depend on besides the inputs (issue 15 #14)
+        meta["numerics"] = parallel.numerics(batch_size)
+    return meta
 
 
-def _check_parts(out: Path, system: System, evalset: EvalSet) -> None:
+def _check_parts(out: Path, system: System, evalset: EvalSet, batch_size: int | None = None) -> None:
     """Raise UssBenchError when the dataset's parts were written for another system, checkpoint or build."""
     folder = parts_dir(out, evalset.dataset)
     meta_file = folder / "meta.json"
-    want = _parts_meta(system, evalset)
+    want = _parts_meta(system, evalset, batch_size)
     if meta_file.is_file():
         try:
             have = json.loads(meta_file.read_text())
@@ -335,7 +338,7 @@ def _check_parts(out: Path, system: System, evalset: EvalSet) -> None:
             "start this dataset over")
 
 
-def _init_parts(out: Path, system: System, evalset: EvalSet, resume: bool) -> None:
+def _init_parts(out: Path, system: System, evalset: EvalSet, resume: bool, batch_size: int | None = None) -> None:
     """Rank 0, before any work: without ``resume`` remove the dataset's parts, with it the temporary files
     of parts that a killed run was writing; write the dataset's ``meta.json``."""
     folder = parts_dir(out, evalset.dataset)
@@ -346,7 +349,7 @@ def _init_parts(out: Path, system: System, evalset: EvalSet, resume: bool) -> No
     old_layout = Path(out) / "parts" / f"{evalset.dataset}.parquet"
     if resume and old_layout.is_file():
         log.warning("%s is a part of the older per-dataset layout; --resume does not read it", old_layout)
-    atomic_write_text(folder / "meta.json", json.dumps(_parts_meta(system, evalset), indent=2) + "\n")
+    atomic_write_text(folder / "meta.json", json.dumps(_parts_meta(system, evalset, batch_size), indent=2) + "\n")
 
 
 # -- the pipeline -----------------------------------------------------------------------------------
@@ -674,11 +677,11 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
         system.prepare(evalset.dataset)
     if opts.resume:
         for evalset in sets:
-            _check_parts(out, system, evalset)
+            _check_parts(out, system, evalset, opts.batch_size)
     if ranks.is_main:
         remove_stale_temps(out)  # .items.parquet.tmp-PID etc. of runs that were killed
         for evalset in sets:
-            _init_parts(out, system, evalset, opts.resume)
+            _init_parts(out, system, evalset, opts.resume, opts.batch_size)
     ranks.barrier()  # parts cleared before anyone scans or writes
     done = {s.dataset: {c: done_items(out, s.dataset, c) for c in system.conditions(s.dataset)} for s in sets}
     ranks.barrier()  # everyone has scanned before anyone writes: "resumed" counts only older rows

@@ -333,6 +333,24 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def numerics(batch_size: int) -> dict[str, int]:
+    """The settings that a checkpoint system's estimates depend on besides its inputs (issue 15 #14).
+
+    The scorer and the baselines give bit-identical values for any thread count, batch, worker or rank
+    (tests/faults/test_determinism.py). A separator's float32 convolutions do not: torch splits their
+    reductions by its intra-op thread count (``torch.get_num_threads()``, 1 per rank under torchrun) and
+    by the batch, which changed SI-SDR by up to 1.7e-6 dB and PESQ by 5.3e-5 between a 2-rank and a
+    one-process run. The eval records these in ``parts/<dataset>/meta.json`` and refuses a ``--resume``
+    under other values, so one ``items.parquet`` never mixes them.
+
+    Returns:
+        ``{"batch_size": --batch-size, "torch_threads": torch's intra-op threads of this process}``.
+    """
+    import torch
+
+    return {"batch_size": int(batch_size), "torch_threads": int(torch.get_num_threads())}
+
+
 # -- torchrun ---------------------------------------------------------------------------------------
 
 
