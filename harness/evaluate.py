@@ -81,9 +81,9 @@ from harness.errors import ConfigError, UssBenchError
 from harness.oracle import oracle_irm
 from harness.parallel import Ranks
 from harness.scoring import METRIC_COLUMNS, score_task, unscored
-from harness.tempfiles import remove_stale_temps
 from harness.scoring import score as score  # public here too: harness.evaluate.score
 from harness.scoring import score_batch as score_batch
+from harness.tempfiles import remove_stale_temps
 
 log = logging.getLogger(__name__)
 
