@@ -279,8 +279,8 @@ def watch_parent(parent_pid: int | None = None) -> bool:
     without shutting the pool down): they were measured alive 30+ minutes later, one holding 573 MB
     (issue 15 #15). A daemon thread polls ``os.getppid()``; once it changes (the parent died and the
     worker was re-parented to init or a subreaper) it ends the process with ``os._exit(1)`` — no task of
-    a dead run has anyone to report to. Only a direct child of ``parent_pid`` is watched (a Dask worker
-    is not a child of the eval and keeps running). Idempotent.
+    a dead run has anyone to report to. A worker whose parent is already gone when it starts (the run was
+    killed while loky was starting it) exits at once. Idempotent.
 
     Args:
         parent_pid: the parent to watch (the loky :func:`executor` passes its own PID as the workers'
@@ -294,8 +294,11 @@ def watch_parent(parent_pid: int | None = None) -> bool:
         return True
     if parent_pid is None:
         parent_pid = os.getppid()
-    if parent_pid == os.getpid() or os.getppid() != parent_pid:
+    if parent_pid == os.getpid():
         return False
+    if os.getppid() != parent_pid:
+        # loky starts its workers as direct children of the run: the run died while this one was starting
+        os._exit(1)
     _watching = parent_pid
 
     def run() -> None:
