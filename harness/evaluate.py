@@ -91,11 +91,9 @@ from harness.datasets.store import (
     track_length_status,
 )
 from harness.errors import ConfigError, UssBenchError, check_choice
-from harness.models import spectral
 from harness.parallel import Ranks
 from harness.queries import Query, ShotBank, display_name
 from harness.scoring import METRIC_COLUMNS, score_task, unscored
-from harness.tempfiles import remove_stale_temps
 from harness.scoring import score as score  # public here too: harness.evaluate.score
 from harness.scoring import score_batch as score_batch
 from harness.systems import BASELINES as BASELINES  # re-exported: older imports keep working
@@ -103,6 +101,7 @@ from harness.systems import MixtureBaseline as MixtureBaseline
 from harness.systems import OracleIRM as OracleIRM
 from harness.systems import System as System
 from harness.systems import describe_system
+from harness.tempfiles import remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -317,16 +316,19 @@ class PartWriter:
         self.rows = []
 
 
-def _parts_meta(system: System, evalset: EvalSet) -> dict[str, Any]:
-    return {"system": system.name, "checkpoint_sha256": system.checkpoint_sha256, "dataset": evalset.dataset,
+def _parts_meta(system: System, evalset: EvalSet, batch_size: int | None = None) -> dict[str, Any]:
+    meta = {"system": system.name, "checkpoint_sha256": system.checkpoint_sha256, "dataset": evalset.dataset,
             "split": evalset.split, "digest": evalset.build["digest"]}
+    if batch_size is not None:  # what a checkpoint's estimates depend on besides the inputs (issue 15 #14)
+        meta["numerics"] = parallel.numerics(batch_size)
+    return meta
 
 
-def _check_parts(out: Path, system: System, evalset: EvalSet) -> None:
+def _check_parts(out: Path, system: System, evalset: EvalSet, batch_size: int | None = None) -> None:
     """Raise UssBenchError when the dataset's parts were written for another system, checkpoint or build."""
     folder = parts_dir(out, evalset.dataset)
     meta_file = folder / "meta.json"
-    want = _parts_meta(system, evalset)
+    want = _parts_meta(system, evalset, batch_size)
     if meta_file.is_file():
         try:
             have = json.loads(meta_file.read_text())
@@ -345,7 +347,7 @@ def _check_parts(out: Path, system: System, evalset: EvalSet) -> None:
             "start this dataset over")
 
 
-def _init_parts(out: Path, system: System, evalset: EvalSet, resume: bool) -> None:
+def _init_parts(out: Path, system: System, evalset: EvalSet, resume: bool, batch_size: int | None = None) -> None:
     """Rank 0, before any work: without ``resume`` remove the dataset's parts, with it the temporary files
     of parts that a killed run was writing; write the dataset's ``meta.json``."""
     folder = parts_dir(out, evalset.dataset)
@@ -356,7 +358,7 @@ def _init_parts(out: Path, system: System, evalset: EvalSet, resume: bool) -> No
     old_layout = Path(out) / "parts" / f"{evalset.dataset}.parquet"
     if resume and old_layout.is_file():
         log.warning("%s is a part of the older per-dataset layout; --resume does not read it", old_layout)
-    atomic_write_text(folder / "meta.json", json.dumps(_parts_meta(system, evalset), indent=2) + "\n")
+    atomic_write_text(folder / "meta.json", json.dumps(_parts_meta(system, evalset, batch_size), indent=2) + "\n")
 
 
 # -- the pipeline -----------------------------------------------------------------------------------
@@ -819,11 +821,11 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
     opts.check()
     with locked(Path(opts.out), opts.break_lock, ranks or Ranks(), resume=opts.resume) as lock:
         if lock is not None:  # rank 0, holding the folder: any temporary file in it is a killed run's
-            remove_stale_temps(Path(opts.out))
+            remove_run_temps(Path(opts.out))
         return _run_eval_locked(system, opts, progress, ranks)
 
 
-def remove_stale_temps(out: Path) -> list[Path]:
+def remove_run_temps(out: Path) -> list[Path]:
     """Delete the temporary files (``.<name>.tmp-<pid>``) that a killed run left in the run folder and its
     parts; call only while holding the folder's lock, when no other writer can own them.
 
@@ -868,11 +870,11 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
         shot_bank(system, evalset, opts)  # the query split can be listed
     if opts.resume:
         for evalset in sets:
-            _check_parts(out, system, evalset)
+            _check_parts(out, system, evalset, opts.batch_size)
     if ranks.is_main:
         remove_stale_temps(out)  # .items.parquet.tmp-PID etc. of runs that were killed
         for evalset in sets:
-            _init_parts(out, system, evalset, opts.resume)
+            _init_parts(out, system, evalset, opts.resume, opts.batch_size)
         if not opts.resume:  # estimates of an earlier run in this folder would mix with this run's
             from harness.estimates import EstimateSaver
 

@@ -279,8 +279,8 @@ def watch_parent(parent_pid: int | None = None) -> bool:
     without shutting the pool down): they were measured alive 30+ minutes later, one holding 573 MB
     (issue 15 #15). A daemon thread polls ``os.getppid()``; once it changes (the parent died and the
     worker was re-parented to init or a subreaper) it ends the process with ``os._exit(1)`` — no task of
-    a dead run has anyone to report to. Only a direct child of ``parent_pid`` is watched (a Dask worker
-    is not a child of the eval and keeps running). Idempotent.
+    a dead run has anyone to report to. A worker whose parent is already gone when it starts (the run was
+    killed while loky was starting it) exits at once. Idempotent.
 
     Args:
         parent_pid: the parent to watch (the loky :func:`executor` passes its own PID as the workers'
@@ -294,8 +294,11 @@ def watch_parent(parent_pid: int | None = None) -> bool:
         return True
     if parent_pid is None:
         parent_pid = os.getppid()
-    if parent_pid == os.getpid() or os.getppid() != parent_pid:
+    if parent_pid == os.getpid():
         return False
+    if os.getppid() != parent_pid:
+        # loky starts its workers as direct children of the run: the run died while this one was starting
+        os._exit(1)
     _watching = parent_pid
 
     def run() -> None:
@@ -331,6 +334,24 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def numerics(batch_size: int) -> dict[str, int]:
+    """The settings that a checkpoint system's estimates depend on besides its inputs (issue 15 #14).
+
+    The scorer and the baselines give bit-identical values for any thread count, batch, worker or rank
+    (tests/faults/test_determinism.py). A separator's float32 convolutions do not: torch splits their
+    reductions by its intra-op thread count (``torch.get_num_threads()``, 1 per rank under torchrun) and
+    by the batch, which changed SI-SDR by up to 1.7e-6 dB and PESQ by 5.3e-5 between a 2-rank and a
+    one-process run. The eval records these in ``parts/<dataset>/meta.json`` and refuses a ``--resume``
+    under other values, so one ``items.parquet`` never mixes them.
+
+    Returns:
+        ``{"batch_size": --batch-size, "torch_threads": torch's intra-op threads of this process}``.
+    """
+    import torch
+
+    return {"batch_size": int(batch_size), "torch_threads": int(torch.get_num_threads())}
 
 
 # -- torchrun ---------------------------------------------------------------------------------------

@@ -140,6 +140,8 @@ def _rows_of(x, ok: list[int], n: int) -> np.ndarray:
     """Rows ``ok`` of ``x`` as one ``(len(ok), L)`` array (no copy when ``x`` is an array and all rows are ok)."""
     if isinstance(x, np.ndarray) and x.ndim == 2 and len(ok) == n:
         return x
+    if len(ok) == 1:  # one whole track: a view, not a copy of the track (issue 15 #11)
+        return np.asarray(x[ok[0]])[None, :]
     return np.stack([x[i] for i in ok])
 
 

@@ -114,3 +114,36 @@ def test_losing_every_worker_mid_run_is_an_error_not_a_hang(scheduler, monkeypat
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    from harness.config import REPO_ROOT
+    from harness.mixtures import BuildOptions, build_mixtures
+
+    wd = tmp_path_factory.mktemp("wd")
+    build_mixtures(REPO_ROOT / "datasets" / "demo" / "fsd50k", wd, BuildOptions("fsd50k"))
+    return wd
+
+
+def eval_cli(wd: Path, out: Path, *extra: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "harness", "eval", "fsd50k", "--baseline", "mixture",
+                           "--workdir", str(wd), "--out", str(out), "--limit", "8", "--quiet", *extra],
+                          capture_output=True, text=True, timeout=180, env={**os.environ, **(env or {})})
+    return proc, time.monotonic() - t0
+
+
+def test_eval_with_scheduler_notanaddress_exits_2_at_once(built, tmp_path):
+    proc, took = eval_cli(built, tmp_path / "run", "--jobs", "2", "--executor", "dask", "--scheduler", "notanaddress")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "notanaddress" in lines[0], proc.stderr[-2000:]
+    assert took < 30, f"eval took {took:.0f} s to exit"
+
+
+def test_eval_on_a_scheduler_without_workers_exits_2_with_one_line(built, tmp_path, scheduler):
+    proc, took = eval_cli(built, tmp_path / "run", "--jobs", "2", "--executor", "dask", "--scheduler", scheduler,
+                          env={"USS_BENCH_DASK_WAIT_S": "2"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "no worker after 2 s" in lines[0], proc.stderr[-2000:]
+    assert took < 40

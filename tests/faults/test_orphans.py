@@ -101,3 +101,42 @@ def test_sigterm_flushes_the_buffered_rows_like_sigint(tmp_path):
     assert proc.returncode == 1 and "Terminated" in err  # the interrupt, raised in the main thread
     rows = sum(len(pd.read_parquet(p)) for p in E.part_files(E.parts_dir(out, "fsd50k", "none")))
     assert rows >= 8, f"SIGTERM lost the buffered rows ({rows} in the parts)"
+
+
+def loky_children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and alive_loky(int(stat.parent.name)):
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
+def test_a_killed_eval_cli_with_jobs_2_leaves_no_worker(tmp_path, sig):
+    from harness.config import REPO_ROOT
+    from harness.mixtures import BuildOptions, build_mixtures
+
+    build_mixtures(REPO_ROOT / "datasets" / "demo" / "musdb18hq", tmp_path / "wd", BuildOptions("musdb18"))
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "eval", "musdb18", "--baseline", "oracle-irm",
+                             "--workdir", str(tmp_path / "wd"), "--out", str(tmp_path / "run"), "--jobs", "2",
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    workers: list[int] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and len(workers) < 2:
+        workers = loky_children(proc.pid)
+        time.sleep(0.05)
+    assert workers, "the eval finished before its loky workers could be seen"
+    proc.send_signal(getattr(signal, sig))
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive_loky(p) for p in workers):
+        time.sleep(0.2)
+    left = [p for p in workers if alive_loky(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"loky workers {left} outlived the eval killed with {sig}"

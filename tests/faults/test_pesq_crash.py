@@ -83,3 +83,39 @@ def test_the_helper_subprocess_scores_bit_for_bit_like_the_pesq_package():
     ref, est = gated_noise(M.PESQ_INLINE_SECONDS + 1.0, seed=2)
     expected = float(pesq.pesq(SR, ref, est, "wb"))  # independent: the library, in this process
     assert M.pesq_wb_status(ref, est, SR) == (expected, "ok")
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])  # scored in the eval process / in a loky worker; ~10 s each
+def test_an_eval_with_a_200_s_voicebank_utterance_scores_it_with_a_pesq_status(tmp_path, jobs):
+    """The campaign's case on a copy of the Voicebank layout: one test utterance made 200 s long (the
+    real utterance repeated). Before the fix the eval died with SIGSEGV (rc -11) and wrote no row."""
+    import shutil
+
+    import pandas as pd
+    import soundfile as sf
+
+    from harness.config import REPO_ROOT
+
+    root = tmp_path / "vb"
+    shutil.copytree(REPO_ROOT / "datasets" / "demo" / "voicebank-demand", root)
+    for sub in ("clean_testset_wav", "noisy_testset_wav"):
+        path = root / sub / "p232_052.wav"
+        x, sr = sf.read(path, dtype="int16")
+        sf.write(path, np.tile(x, -(-200 * sr // len(x)))[: 200 * sr], sr, subtype="PCM_16")
+    wd, out = tmp_path / "wd", tmp_path / "run"
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "harness", *map(str, args)], capture_output=True,
+                              text=True, env=env, timeout=600)
+
+    built = cli("build-mixtures", "voicebank-demand", "--root", root, "--workdir", wd, "--quiet")
+    assert built.returncode == 0, built.stderr[-2000:]
+    proc = cli("eval", "voicebank-demand", "--baseline", "mixture", "--workdir", wd, "--out", out, "--jobs", jobs, "--quiet")
+    assert proc.returncode == 0, f"rc {proc.returncode}: {proc.stderr[-2000:]}"
+    items = pd.read_parquet(out / "items.parquet").set_index("item_id")
+    assert len(items) == 3
+    long = items.filter(like="p232_052", axis=0).iloc[0]
+    assert long["status"] == "pesq_too_long" and np.isnan(long["pesq"])
+    assert np.isfinite(long["sdr"]) and np.isfinite(long["ssnr"])
+    assert (items.drop(long.name)["status"] == "ok").all()
