@@ -127,7 +127,10 @@ def acquire(out: Path, break_lock: bool = False, resume: bool = False) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UssBenchError(f"cannot create the run folder {out}: {exc.strerror or exc}") from exc
+        from harness.errors import os_error_message
+
+        raise UssBenchError(os_error_message(exc) or f"cannot create the run folder {out}: {exc.strerror or exc}"
+                            ) from exc
     me = {"pid": os.getpid(), "host": socket.gethostname(), "boot_id": boot_id(), "start_ticks": process_start(os.getpid()),
           "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "command": sys.argv}
     for _attempt in range(2):
