@@ -826,18 +826,16 @@ def run_eval(system: System, opts: EvalOptions, progress: Callable[[str, int, in
 
 
 def remove_run_temps(out: Path) -> list[Path]:
-    """Delete the temporary files (``.<name>.tmp-<pid>``) that a killed run left in the run folder and its
-    parts; call only while holding the folder's lock, when no other writer can own them.
+    """Delete the temporary files (``.<name>.tmp-<PID>``) that killed runs left in the run folder and its
+    parts (:func:`harness.tempfiles.remove_stale_temps` on each folder: only those whose writer no longer
+    runs); called while holding the folder's lock.
 
     Returns:
         the removed paths (logged).
     """
-    stale = [*out.glob(".*.tmp-*"), *out.glob("parts/*/.*.tmp-*"), *out.glob("parts/*/*/.*.tmp-*")]
-    for path in stale:
-        if path.is_file():
-            path.unlink(missing_ok=True)
-            log.info("removed %s, left by a killed run", path)
-    return stale
+    folders = [out, *sorted(p for p in out.glob("parts/*") if p.is_dir()),
+               *sorted(p for p in out.glob("parts/*/*") if p.is_dir())]
+    return [path for folder in folders for path in remove_stale_temps(folder)]
 
 
 def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str, int, int], None] | None = None,
@@ -872,7 +870,6 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
         for evalset in sets:
             _check_parts(out, system, evalset, opts.batch_size)
     if ranks.is_main:
-        remove_stale_temps(out)  # .items.parquet.tmp-PID etc. of runs that were killed
         for evalset in sets:
             _init_parts(out, system, evalset, opts.resume, opts.batch_size)
         if not opts.resume:  # estimates of an earlier run in this folder would mix with this run's
