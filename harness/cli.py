@@ -205,6 +205,40 @@ def build_mixtures_cmd(
         console.print(f"  {note}")
 
 
+AUTO_FALLBACK_BATCH = 16
+"""``--batch-size auto`` for a baseline or under torchrun (every rank must cut the same units)."""
+
+
+def _fixed_batch_size(value: str) -> int:
+    """``--batch-size``: ``auto`` (→ :data:`AUTO_FALLBACK_BATCH` until resolved) or an integer ≥ 1."""
+    if value.strip().lower() == "auto":
+        return AUTO_FALLBACK_BATCH
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ConfigError(f"--batch-size must be auto or an integer ≥ 1, got {value!r}")
+    return size
+
+
+def _resolve_batch_size(value: str, system, ranks, limit: int | None) -> int:
+    """The batch size of the run: a number as given; ``auto`` timed on the checkpoint's separator
+    (harness.models.fast.choose_batch_size) in a single process, else the fallback."""
+    size = _fixed_batch_size(value)
+    separator = getattr(system, "separator", None)
+    if value.strip().lower() != "auto" or separator is None or ranks.world_size > 1:
+        if separator is not None:
+            mode = "auto (torchrun: fixed)" if value.strip().lower() == "auto" else "given"
+            separator.inference_report = {**(getattr(separator, "inference_report", None) or {}),
+                                          "batch_size": {"mode": mode, "chosen": size}}
+        return size
+    from harness.models.fast import choose_batch_size
+
+    system.batch_size = choose_batch_size(separator, max_items=limit)
+    return system.batch_size
+
+
 @app.command("eval")
 def eval_cmd(
     datasets: Annotated[list[str] | None, typer.Argument(help="datasets to evaluate")] = None,
@@ -217,8 +251,10 @@ def eval_cmd(
     condition: Annotated[str | None, typer.Option(
         help="query condition of a --checkpoint system: average (Table 2: AudioSet also oracle) | oracle "
              "[average]")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="items per separation batch (2-s items): the unit of "
-                                                        "work, of torchrun sharding and of resume")] = 16,
+    batch_size: Annotated[str, typer.Option(help="items per separation batch (2-s items): the unit of work, of "
+                                                "torchrun sharding and of resume; auto: the fastest per item of a "
+                                                "few timed sizes (a checkpoint; 16 for a baseline or under "
+                                                "torchrun), recorded in run.json")] = "auto",
     device: Annotated[str, _device_opt("auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)")] = "auto",
     jobs: Annotated[int, typer.Option(min=1, help="metric worker processes (loky) or LocalCluster workers "
                                                   "(dask); results do not depend on it")] = 1,
@@ -251,6 +287,7 @@ def eval_cmd(
             raise ConfigError(f"--condition {condition} applies to a --checkpoint system; the {baseline} baseline "
                               "takes no query: drop --condition")
     condition = check_choice("--condition", condition or "average", CONDITIONS)  # before the set is looked up
+    _fixed_batch_size(batch_size)  # a bad --batch-size fails before any work
     wd = _workdir(workdir)
     names, absent = resolve_datasets(datasets or [], all_, wd, split)
     with distributed(device) as ranks:
@@ -261,7 +298,10 @@ def eval_cmd(
 
             _inference_start()
             system = CheckpointSystem(checkpoint, workdir=wd, condition=condition, device=ranks.device(device),
-                                      batch_size=batch_size)
+                                      batch_size=_fixed_batch_size(batch_size))
+        for name in names:  # a missing query set fails before the batch-size timing
+            system.prepare(name)
+        batch_size = _resolve_batch_size(batch_size, system, ranks, limit)
         if absent and ranks.is_main:
             console.print(f"--all: not built in {wd}/mixtures, skipped: {', '.join(absent)}")
         run_dir = out or Path("reports") / system.name.replace(":", "-")

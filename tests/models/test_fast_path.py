@@ -164,3 +164,22 @@ def test_tune_allocator_is_idempotent():
         assert first["mallopt"]["M_MMAP_MAX"] == 0
     else:
         assert first["reason"]
+
+
+def test_choose_batch_size_times_candidates_and_records_the_choice():
+    model = _model(seed=5)
+    chosen = fast.choose_batch_size(model, candidates=(1, 2, 4), max_items=2, length=16000)
+    timed = model.inference_report["batch_size"]
+    assert chosen in (1, 2) and timed["mode"] == "auto" and timed["chosen"] == chosen
+    assert set(timed["seconds_per_item"]) <= {"1", "2"}  # 4 > max_items: never tried
+    assert model.inference_report["fast_path"] is True  # the first timed call prepared and checked it
+
+
+def test_batch_size_option_is_checked_before_any_work():
+    from harness.cli import _fixed_batch_size
+    from harness.errors import ConfigError
+
+    assert _fixed_batch_size("auto") == 16 and _fixed_batch_size("8") == 8
+    for bad in ("0", "-3", "many", "2.5"):
+        with pytest.raises(ConfigError, match="--batch-size must be auto or an integer"):
+            _fixed_batch_size(bad)
