@@ -183,3 +183,15 @@ def test_batch_size_option_is_checked_before_any_work():
     for bad in ("0", "-3", "many", "2.5"):
         with pytest.raises(ConfigError, match="--batch-size must be auto or an integer"):
             _fixed_batch_size(bad)
+
+
+def test_prepared_path_is_deterministic():
+    """Same inputs, same batch size → bit-identical outputs: on the cached preparation and on a fresh one
+    (what another process, or another --jobs, gets). The timing-based batch-size choice is not involved."""
+    model = _model(seed=7)
+    x, c = _inputs(batch=4, length=32000)
+    first = separate_batch(model, x[:, 0].numpy(), c.numpy(), batch_size=2)
+    again = separate_batch(model, x[:, 0].numpy(), c.numpy(), batch_size=2)
+    fast._CACHE.pop(model)
+    fresh = separate_batch(model, x[:, 0].numpy(), c.numpy(), batch_size=2)
+    assert np.array_equal(first, again) and np.array_equal(first, fresh)
