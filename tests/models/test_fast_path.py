@@ -41,6 +41,7 @@ def _inputs(batch: int = 3, length: int = 16000, seed: int = 1):
 def test_prepared_model_matches_the_plain_module():
     model = _model()
     x, c = _inputs()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.inference_mode():
         ref = model(x, c)
         prepared = fast.prepare_for_inference(model)
@@ -54,6 +55,9 @@ def test_prepared_model_matches_the_plain_module():
     assert not hasattr(model, "fast_prepared") and isinstance(model.encoder_block1.conv_block1.bn2,
                                                               torch.nn.BatchNorm2d)
     assert prepared.condition_size == 527 and prepared.condition_type == "at_soft"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    mine = {t.data_ptr() for t in model.state_dict().values()}
+    assert not mine & {t.data_ptr() for t in prepared.state_dict().values()}  # no storage shared
 
 
 def test_folding_is_not_the_identity():
@@ -195,3 +199,28 @@ def test_prepared_path_is_deterministic():
     fast._CACHE.pop(model)
     fresh = separate_batch(model, x[:, 0].numpy(), c.numpy(), batch_size=2)
     assert np.array_equal(first, again) and np.array_equal(first, fresh)
+
+
+def test_query_net_fast_path_matches_the_plain_cnn14():
+    """Cnn14's conv → BatchNorm pairs folded (embed and embed-queries run this): same outputs."""
+    from harness.models import Cnn14, embed
+
+    torch.manual_seed(11)
+    net = Cnn14()
+    with torch.no_grad():
+        for mod in net.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.2, 0.2)
+    net.eval()
+    x = 0.1 * torch.randn(2, 64000, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        ref = net(x)
+        out = fast.prepare_query_net(net)(x)
+    for key in ("clipwise_output", "embedding"):
+        assert fast.relative_difference(out[key], ref[key]) <= 1e-5, key
+    vec = embed(net, x.reshape(-1).numpy(), "emb")  # two tiled chunks through checked_forward
+    assert net.inference_report["fast_path"] and net.inference_report["fidelity_max_rel_diff"] <= 1e-5
+    np.testing.assert_allclose(vec, ref["embedding"].mean(0).numpy(), rtol=0, atol=1e-5 * float(ref["embedding"].abs().max()))
