@@ -1,4 +1,4 @@
-"""The fast CPU/GPU inference path of the separator, and the check that it is faithful.
+"""The fast CPU/GPU inference path of the separator (and the Cnn14 query net), and the check that it is faithful.
 
 Evaluation time is the separator's forward pass. :func:`prepare_for_inference` rewrites a
 :class:`~harness.models.resunet.ResUNet30` for inference without changing what it computes:
@@ -10,6 +10,9 @@ Evaluation time is the separator's forward pass. :func:`prepare_for_inference` r
   (``x·s + (t + β)``), and the leaky ReLUs run in place;
 - 4-D weights and activations are channels-last (oneDNN's fast layout on CPU);
 - it runs under :func:`torch.inference_mode`, float32 throughout (no reduced precision anywhere).
+
+:func:`prepare_query_net` does the same for Cnn14 / Cnn14_DecisionLevelMax (each ``conv → BatchNorm``
+pair folded into one biased convolution, in-place ReLUs, channels-last).
 
 :func:`checked_forward` is what the inference entry points call: it prepares a model once per process
 (again only when its weights changed, e.g. between training validations), compares the prepared model
