@@ -255,7 +255,9 @@ def checked_forward(model: nn.Module, *inputs: torch.Tensor):
     batch also runs the plain module and the outputs are compared (for a dict of outputs: the largest of
     their differences). ``model.inference_report`` then holds ``{"fast_path", "fidelity_max_rel_diff",
     "fidelity_limit", "prepare_s", "allocator", ...}``. Any other module, or ``USS_BENCH_FAST=0``, runs as
-    it is. The model's training flag is restored afterwards.
+    it is. The model's training flag is restored afterwards. On CUDA, preparing turns TF32 off for cuDNN
+    convolutions and matmuls (process-wide; PyTorch's default allows it in convolutions), so the path is
+    float32 as on the CPU.
 
     Shape: as the model's forward (separator: ``(B, 1, L)`` and ``(B or 1, D)`` → ``(B, 1, L)``).
 
@@ -276,6 +278,9 @@ def checked_forward(model: nn.Module, *inputs: torch.Tensor):
             if entry is not None and entry[0] == version:
                 return entry[1](*inputs)
             allocator = tune_allocator()
+            if inputs[0].is_cuda:  # float32 means float32: PyTorch's default lets cuDNN convolutions use TF32
+                torch.backends.cudnn.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = False
             t0 = time.perf_counter()
             prepared = prepare(model)
             prepare_s = time.perf_counter() - t0
@@ -286,7 +291,9 @@ def checked_forward(model: nn.Module, *inputs: torch.Tensor):
                       "fidelity_batch": int(inputs[0].shape[0]), "prepare_s": round(prepare_s, 3),
                       "allocator": allocator, "memory_format": "channels_last", "dtype": "float32",
                       "torch_threads": torch.get_num_threads(),
-                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "device": str(inputs[0].device)}
+            if inputs[0].is_cuda:
+                report["cuda_tf32"] = False
             prev = getattr(model, "inference_report", None) or {}
             model.inference_report = {**{k: v for k, v in prev.items() if k == "batch_size"}, **report}
             if not rel <= FIDELITY_LIMIT:
