@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import benchlib
+import numpy as np
 from benchlib import Context, benchmark
 
 DATASET = "fsd50k"

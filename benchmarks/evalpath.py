@@ -62,9 +62,8 @@ def main(argv: list[str]) -> dict:
     from harness.models import fast
 
     allocator = fast.tune_allocator() if mode == "ours" else {"applied": False, "reason": "not set (glibc defaults)"}
-    import numpy as np
-
     from bench_eval import upstream_sdr
+
     from harness.models import separator as sep_mod
 
     forward = {"s": 0.0, "calls": 0}
@@ -142,7 +141,6 @@ def main(argv: list[str]) -> dict:
                   load_1min=os.getloadavg()[0])
     if mode != "loop":
         result["inference_report"] = getattr(system.separator, "inference_report", None)
-    del np
     return result
 
 
