@@ -224,3 +224,20 @@ def test_query_net_fast_path_matches_the_plain_cnn14():
     vec = embed(net, x.reshape(-1).numpy(), "emb")  # two tiled chunks through checked_forward
     assert net.inference_report["fast_path"] and net.inference_report["fidelity_max_rel_diff"] <= 1e-5
     np.testing.assert_allclose(vec, ref["embedding"].mean(0).numpy(), rtol=0, atol=1e-5 * float(ref["embedding"].abs().max()))
+
+
+def test_cli_sets_the_openmp_wait_policy_before_torch_loads():
+    """``main`` sets OMP_WAIT_POLICY=PASSIVE only while torch is not loaded, and never over the user's value."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys\nfrom harness import cli\nassert 'torch' not in sys.modules\n"
+            "try:\n    cli.main(['--version'])\nexcept SystemExit:\n    pass\nprint(os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "ACTIVE"
