@@ -96,6 +96,8 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks: ``benchmarks/run.py`` (pass ``-- --only NAME --quick``); updates reports/benchmarks/.
 
+    The GPU benchmark is separate: ``python benchmarks/gpu.py`` on a machine with CUDA (writes gpu.json there).
+
     Exits non-zero when a target is missed (1) or a benchmark fails (2), after writing the reports.
     """
     _ensure_ffmpeg(session)

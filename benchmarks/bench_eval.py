@@ -1,8 +1,8 @@
-"""Eval benchmarks: ``eval_throughput`` (uss-bench eval of a ResUNet30 vs an upstream-style loop and the
-model's bare forward) and ``eval_peak_rss`` (peak RSS at 1,000 vs 20,000 items).
+"""Eval benchmarks: ``eval_throughput`` (uss-bench eval's default path vs today's eager path and an
+upstream-style loop, against the conv roofline; CPU: the GPU one is ``benchmarks/gpu.py``) and
+``eval_peak_rss`` (peak RSS at 1,000 vs 20,000 items).
 
-``USS_BENCH_DEVICE`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``; default ``auto``) picks the device of
-``eval_throughput``; ``USS_BENCH_FORMULA_CACHE`` the folder of the generated formula checkpoint (default
+``USS_BENCH_FORMULA_CACHE`` the folder of the generated formula checkpoint (default
 ``$TMPDIR/uss-bench-formula``, the file is ~800 MB and is kept across runs; never inside the repository).
 """
 
@@ -12,16 +12,16 @@ import importlib.util
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from benchlib import Context, benchmark
 
-DEVICE_ENV = "USS_BENCH_DEVICE"
 FORMULA_ENV = "USS_BENCH_FORMULA_CACHE"
 DATASET = "fsd50k"
 AT_SOFT_MANIFEST = "uss_at_soft_lightning.json"
@@ -65,278 +65,199 @@ def upstream_sdr(ref: np.ndarray, est: np.ndarray, eps: float = 1e-10) -> float:
     return float(10.0 * np.log10(num / den))
 
 
-def _cpu_jiffies() -> tuple[int, int] | None:
-    """``(busy, steal)`` clock ticks of all CPUs from ``/proc/stat`` (busy: user, nice, system, irq,
-    softirq), or ``None`` where there is no such file."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return user + nice + system + irq + softirq, steal
+def conv_roofline(repeat: int = 5) -> dict[str, Any]:
+    """GFLOP/s of large float32 oneDNN 3×3 convolutions (channels-last, this process's torch threads).
+
+    Shapes like the paper model's widest activations: batch 1, 64→64 channels on 256×512 and 128→128 on
+    128×256 (FLOPs = 2·Cin·Cout·9·H·W). The best of ``repeat`` timed calls per shape after a warm-up;
+    the best shape is the roofline: what the forward could reach if every FLOP ran at that speed.
+    """
+    import torch
+
+    shapes = [(64, 256, 512), (128, 128, 256)]
+    rows = []
+    with torch.inference_mode():
+        for c, h, w in shapes:
+            x = torch.randn(1, c, h, w).contiguous(memory_format=torch.channels_last)
+            weight = torch.randn(c, c, 3, 3).contiguous(memory_format=torch.channels_last)
+            torch.nn.functional.conv2d(x, weight, padding=1)
+            best, best_cpu = float("inf"), float("inf")
+            for _ in range(repeat):
+                t0, c0 = time.perf_counter(), time.process_time()
+                torch.nn.functional.conv2d(x, weight, padding=1)
+                best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, time.process_time() - c0)
+            flops = 2 * c * c * 9 * h * w
+            rows.append({"shape": [1, c, h, w], "gflop": flops / 1e9, "best_s": best, "gflops_per_s": flops / best / 1e9,
+                         "best_cpu_s": best_cpu, "gflops_per_cpu_s": flops / max(best_cpu, 1e-9) / 1e9})
+    return {"gflops_per_s": max(r["gflops_per_s"] for r in rows),
+            "gflops_per_cpu_s": max(r["gflops_per_cpu_s"] for r in rows), "shapes": rows,
+            "threads": torch.get_num_threads()}
 
 
-class _Clock:
-    """Wall and process CPU time of one call, the time spent inside ``module``'s forward during it
-    (forward hooks; on CUDA synchronised at each forward's end), the CPU time other processes used
-    meanwhile (a shared machine), and the CUDA peak memory when on a GPU."""
+def separator_flops(ckpt: Path) -> float:
+    """FLOPs of one 2-s item through the separator (torch.utils.flop_counter: convolutions, transposed
+    convolutions and the FiLM matmuls; the elementwise work, STFT and ISTFT are not counted)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
-    def __init__(self, device, module):
-        import torch
+    from harness.models import load_separator
 
-        self.torch, self.cuda = torch, device.type == "cuda"
-        self.device = device
-        self.forward_s, self._t0 = 0.0, 0.0
-        module.register_forward_pre_hook(self._pre)
-        module.register_forward_hook(self._post)
+    model = load_separator(ckpt).eval()
+    x, c = torch.zeros(1, 1, 64000), torch.zeros(1, model.condition_size)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x, c)
+    return float(counter.get_total_flops())
 
-    def _pre(self, module, args) -> None:
-        self._t0 = time.perf_counter()
 
-    def _post(self, module, args, output) -> None:
-        if self.cuda:
-            self.torch.cuda.synchronize(self.device)
-        self.forward_s += time.perf_counter() - self._t0
+def _side(mode: str, ckpt: Path, work: Path, out: Path, n_items: int, batch: int) -> dict[str, Any]:
+    """Run one side of eval_throughput in a fresh process (benchmarks/evalpath.py) and return its JSON."""
+    env = dict(os.environ)
+    if mode in ("eager", "loop"):  # today's eager path and the upstream loop: OpenMP's default (spinning) wait
+        env.pop("OMP_WAIT_POLICY", None)
+    else:  # the default path: as the CLI sets it (harness.cli.OMP_WAIT_POLICY) unless the user did
+        from harness.cli import OMP_WAIT_POLICY
 
-    def __call__(self, fn: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
-        torch = self.torch
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        j0, load0 = _cpu_jiffies(), os.getloadavg()[0]
-        self.forward_s = 0.0
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-        run = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
-        j1 = _cpu_jiffies()
-        if j0 is not None and j1 is not None:
-            hz = os.sysconf("SC_CLK_TCK")
-            run["other_cpu_s"] = max((j1[0] - j0[0]) / hz - run["cpu_s"], 0.0)
-            run["steal_s"] = (j1[1] - j0[1]) / hz
-        run["forward_s"] = self.forward_s
-        run["load_1min_before_after"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
-        if self.cuda:
-            run["gpu_peak_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-        return out, run
+        env.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+    cmd = [sys.executable, str(Path(__file__).with_name("evalpath.py")), mode, str(ckpt), str(work), str(out),
+           str(n_items), str(batch)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{mode} side failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @benchmark(
     "eval_throughput",
-    target=["overhead <= 0.10", "sdri_max_abs_diff_db <= 1e-4"],
-    description="uss-bench eval (run_eval, CheckpointSystem ResUNet30 at_soft formula weights, average "
-    "condition, batch 8, --jobs 1) on 2-s FSD50K dev items vs an upstream-style one-item-at-a-time loop "
-    "(read, separate, numpy SDRi) and vs the model's bare forward at the same batch size",
+    target=["roofline_ratio <= 1.25", "speedup_vs_eager >= 3", "speedup_vs_loop >= 1",
+            "overhead_outside_forward <= 0.02", "sdri_max_abs_diff_vs_eager_db <= 1e-4"],
+    description="uss-bench eval's default path (run_eval, CheckpointSystem ResUNet30 at_soft formula weights, "
+    "average condition, the checked fast path) on 2-s FSD50K dev items vs today's eager path (USS_BENCH_FAST=0, "
+    "glibc defaults) and an upstream-style one-item loop, each in a fresh process; against the conv roofline",
     ratio="reference/ours",
 )
 def eval_throughput(ctx: Context) -> dict[str, Any]:
-    import h5py
-    import pandas as pd
     import torch
 
-    from harness.datasets.store import open_set
-    from harness.evaluate import EvalOptions, run_eval
     from harness.mixtures import BuildOptions, build_mixtures
-    from harness.queries import embed_queries, load_queries
-    from harness.systems import CheckpointSystem
+    from harness.queries import embed_queries
 
     n_items, batch = (8, 4) if ctx.quick else (32, 8)
-    device_name = os.environ.get(DEVICE_ENV, "auto")
     ckpt = formula_checkpoint(ctx)
     root = ctx.data_dir / DATASET
+    order = (["ours", "eager", "loop", "ours_system_malloc"] if ctx.quick else
+             ["ours", "eager", "loop", "ours_system_malloc", "loop", "eager", "ours"])  # symmetric: drift cancels
     with tempfile.TemporaryDirectory(prefix="uss-bench-eval-") as tmp:
         work = Path(tmp) / "work"
-        t0 = time.perf_counter()
         build = build_mixtures(root, work, BuildOptions(DATASET, jobs=1))
-        ctx.log(f"built {DATASET} test set: {build['counts']['items']} items ({time.perf_counter() - t0:.1f} s)")
         # The dev corpus's query split (train) shares only 2 classes with its test split, so the class
-        # conditions come from the test clips themselves: the eq.-9 rule, only another split. The
-        # values do not matter here; what matters is that every item has a precomputed condition.
-        t0 = time.perf_counter()
-        queries = embed_queries(DATASET, ckpt, root, work, split="test", device=device_name)
-        ctx.log(f"average conditions of {queries['classes']} classes from the test clips "
-                f"({time.perf_counter() - t0:.1f} s)")
-        t0 = time.perf_counter()
-        system = CheckpointSystem(ckpt, work, condition="average", device=device_name, batch_size=batch)
-        load_s = time.perf_counter() - t0
-        device = system.device
-        separator = system.separator.eval()
-        evalset = open_set(work, DATASET)
-        items = evalset.manifest.iloc[:n_items]
-        table = load_queries(work, DATASET, system.checkpoint_sha256)[0]
-        missing = sorted(set(items["label"]) - set(table))
-        if missing:
-            raise RuntimeError(f"no condition for classes {missing}")
-        labels = items["label"].tolist()
-        mixtures, targets = evalset.read_rows(np.arange(n_items))
-        conds = np.stack([table[label] for label in labels])
-        clock = _Clock(device, separator)
-        ctx.log(f"{n_items} items, batch {batch}, device {device}, torch threads {torch.get_num_threads()}")
-
-        # (c) bare forward: the inputs already on the device, no reading, no scoring
-        xs = [torch.from_numpy(mixtures[s: s + batch])[:, None].to(device) for s in range(0, n_items, batch)]
-        cs = [torch.from_numpy(conds[s: s + batch]).to(device) for s in range(0, n_items, batch)]
-
-        def bare() -> list:
-            with torch.inference_mode():
-                return [separator(x, c) for x, c in zip(xs, cs, strict=True)]
-
-        xs1 = [x[None] for x in torch.from_numpy(mixtures)[:, None].to(device)]
-        cs1 = [c[None] for c in torch.from_numpy(conds).to(device)]
-
-        def bare_b1() -> list:  # the bare forward one item at a time: what batching itself changes
-            with torch.inference_mode():
-                return [separator(x, c) for x, c in zip(xs1, cs1, strict=True)]
-
-        # (b) the upstream-style loop: one item at a time, read, separate (batch of 1), numpy SDRi
-        def loop() -> list[float]:
-            sdri = []
-            with h5py.File(evalset.path / "mixtures.h5", "r") as h5, torch.inference_mode():
-                for i, label in enumerate(labels):
-                    mixture, target = h5["mixture"][i], h5["target"][i]
-                    x = torch.from_numpy(mixture[None, None]).to(device)
-                    c = torch.from_numpy(table[label][None]).to(device)
-                    est = separator(x, c)[0, 0].cpu().numpy()
-                    sdri.append(upstream_sdr(target, est) - upstream_sdr(target, mixture))
-            return sdri
-
-        # (a) ours
-        runs_done = [0]
-
-        def ours() -> dict[str, Any]:
-            out = Path(tmp) / f"run{runs_done[0]}"
-            runs_done[0] += 1
-            run = run_eval(system, EvalOptions([DATASET], work, out, batch_size=batch, jobs=1, limit=n_items))
-            return run
-
-        def warm_up() -> None:  # first forward: allocator and kernel warm-up, untimed
-            with torch.inference_mode():
-                separator(xs[0], cs[0])
-
-        _, warm = clock(warm_up)
-        ctx.log(f"warm-up forward of one batch: {warm['wall_s']:.1f} s")
-        runs: dict[str, list[dict[str, float]]] = {"ours": [], "loop": [], "bare": [], "bare_b1": []}
-        outputs: dict[str, Any] = {}
-        order = (["ours", "bare", "loop", "bare_b1"] if ctx.quick else
-                 ["ours", "bare", "loop", "bare_b1", "bare", "ours"])  # symmetric: a linear drift cancels
-        for name in order:
-            fn = {"ours": ours, "bare": bare, "loop": loop, "bare_b1": bare_b1}[name]
-            result, run = clock(fn)
-            if name == "ours":
-                run["run_json_timings_s"] = result["timings_s"]
-                result = pd.read_parquet(Path(result["options"]["out"]) / "items.parquet")
-            runs[name].append(run)
-            outputs[name] = result
-            ctx.log(f"{name}: {run['wall_s']:.2f} s wall, {run['cpu_s']:.2f} s CPU "
-                    f"({n_items / run['wall_s']:.3f} items/s)")
-        evalset_path = str(evalset.path)
-
-    rows = outputs["ours"]
-    if len(rows) != n_items or list(rows["item_id"]) != list(items["item_id"]):
-        raise RuntimeError(f"eval wrote {len(rows)} rows for {n_items} items, or in another order")
-    ok = (rows["status"] == "ok").to_numpy()
-    ours_sdri = rows["sdri"].to_numpy()
-    loop_sdri = np.array(outputs["loop"])
-    bare_est = torch.cat(outputs["bare"]).float().cpu().numpy()[:, 0]
-    bare_sdri = np.array([upstream_sdr(t, e) - upstream_sdr(t, m)
-                          for t, e, m in zip(targets, bare_est, mixtures, strict=True)])
-    if not ok.any():
-        raise RuntimeError(f"no item scored ok: {rows['status'].value_counts().to_dict()}")
-    diff_ab = float(np.max(np.abs(ours_sdri[ok] - loop_sdri[ok])))
-    diff_cb = float(np.max(np.abs(bare_sdri[ok] - loop_sdri[ok])))
-
-    runs = {k: v for k, v in runs.items() if v}
+        # conditions come from the test clips themselves (eq. 9 on another split): every item has one.
+        embed_queries(DATASET, ckpt, root, work, split="test", device="cpu")
+        ctx.log(f"built {DATASET}: {build['counts']['items']} items; conditions ready")
+        roofline = conv_roofline()
+        ctx.log(f"conv roofline {roofline['gflops_per_s']:.0f} GFLOP/s")
+        flops = separator_flops(ckpt)
+        ctx.log(f"{flops / 1e9:.1f} GFLOP per item")
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for mode in order:
+            r = _side(mode, ckpt, work, Path(tmp) / "runs", n_items, batch)
+            runs.setdefault(mode, []).append(r)
+            ctx.log(f"{mode}: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU, {n_items / r['wall_s']:.3f} items/s, "
+                    f"peak RSS {r['peak_rss_mib']:.0f} MiB, load {r['load_1min']:.1f}")
+        roofline_after = conv_roofline()
     med = {k: statistics.median(r["wall_s"] for r in v) for k, v in runs.items()}
-    med_cpu = {k: statistics.median(r["cpu_s"] for r in v) for k, v in runs.items()}
-    mins = {k: min(r["wall_s"] for r in v) for k, v in runs.items()}
-    other = [r["other_cpu_s"] for v in runs.values() for r in v if "other_cpu_s" in r]
-    timed = sum(r["wall_s"] for v in runs.values() for r in v)
+    best = {k: min(r["wall_s"] for r in v) for k, v in runs.items()}
+    peak = {k: max(r["peak_rss_mib"] for r in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(r["cpu_s"] for r in v) for k, v in runs.items()}
     ips = {k: n_items / v for k, v in med.items()}
-    overhead = med["ours"] / med["bare"] - 1
-    ours_stages = runs["ours"][0]["run_json_timings_s"]
-    # the same runs split at the separator's forward (hooks): noise between runs cancels out
-    outside = {k: statistics.median(r["wall_s"] / r["forward_s"] - 1 for r in v) for k, v in runs.items()}
+    gflops = max(roofline["gflops_per_s"], roofline_after["gflops_per_s"])
+    roof_s = flops / (gflops * 1e9)
+    # load-robust form: CPU-seconds per item against the conv's GFLOP per CPU-second (other jobs stretch
+    # wall time, much less the CPU time a computation needs)
+    gflops_cpu = max(roofline["gflops_per_cpu_s"], roofline_after["gflops_per_cpu_s"])
+    roof_cpu_s = flops / (gflops_cpu * 1e9)
+    ratio_cpu = cpu["ours"] / n_items / roof_cpu_s
+    loaded = max(r["load_1min"] for v in runs.values() for r in v) > (os.cpu_count() or 1)
+    per_item = med["ours"] / n_items
+    outside = statistics.median(r["wall_s"] / r["forward_s"] - 1 for r in runs["ours"])
+    sdri = {k: np.array(v[0]["sdri"], dtype=float) for k, v in runs.items()}
+    ok = np.isfinite(sdri["ours"]) & np.isfinite(sdri["eager"]) & np.isfinite(sdri["loop"])
+    if not ok.any():
+        raise RuntimeError("no item scored ok on every side")
+    d_eager = float(np.max(np.abs(sdri["ours"][ok] - sdri["eager"][ok])))
+    d_loop = float(np.max(np.abs(sdri["ours"][ok] - sdri["loop"][ok])))
+    inference = runs["ours"][0].get("run_json_inference") or {}
+    load = [r["load_1min"] for v in runs.values() for r in v]
+    from benchlib import cpu_flags
+
+    features = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
     notes = [
-        f"{n_items} items: the first {n_items} of the FSD50K test set built by build_mixtures from "
-        f"data/dev/fsd50k (seed 1234; {build['counts']['items']} items in all): 2-s, 32-kHz real FSD50K clips "
-        "mixed with an energy-matched interferer. Model: ResUNet30 with the formula weights of the at_soft "
-        f"manifest (the paper-size model, 202.9 M elements), on {device}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} intra-op threads.",
-        "Conditions: CheckpointSystem(condition='average') reads per-class average conditions computed "
-        "beforehand with harness.queries.embed_queries (Cnn14 at_soft, eq. 9; here over the test clips, "
-        "as the dev corpus's train split shares only 2 classes with its test split), so no query net "
-        "runs during the timed eval and (a), (b), (c) run the same separator forward on the same inputs "
-        "with the same condition vectors: separator vs separator. The oracle condition would add a Cnn14 "
-        "pass per item to (a) only.",
-        f"Items/s: (a) ours {ips['ours']:.3f}, (b) upstream-style loop {ips['loop']:.3f}, (c) bare forward "
-        f"{ips['bare']:.3f}. Speed-up (a)/(b) = {ips['ours'] / ips['loop']:.2f}× (no target on the CPU; on a GPU "
-        "it should be ≥ 10×, where the loop's per-item launches, host-device copies and scoring stand out: "
-        f"re-run with {DEVICE_ENV}=cuda). The forward dominates on {device.type}: "
-        f"{med['bare'] / n_items:.2f} s per item in (c), reading, scoring and bookkeeping are small beside it.",
-        f"Overhead of (a) over (c): {overhead * 100:+.1f} % of wall time (medians; from the fastest runs "
-        f"{(mins['ours'] / mins['bare'] - 1) * 100:+.1f} %; CPU time {(med_cpu['ours'] / med_cpu['bare'] - 1) * 100:+.1f} %). "
-        f"Within each run, timing the separator's forward with hooks: (a) spends "
-        f"{outside['ours'] * 100:+.2f} % on top of its forward calls (median), (b) {outside['loop'] * 100:+.2f} %, "
-        f"(c) {outside['bare'] * 100:+.2f} %; this split is immune to the run-to-run drift of a shared VM "
-        "(several % here), which the wall-time overhead is not. "
-        f"(a) in run_eval's own stages (first run): evaluate_set {ours_stages.get(DATASET)} s of "
-        f"{ours_stages.get('total')} s total (the rest: opening the set, parts set-up, merge, "
-        "items.parquet and run.json).",
-        f"Same numbers: max |SDRi(a) − SDRi(b)| = {diff_ab:.2g} dB, |SDRi(c) − SDRi(b)| = {diff_cb:.2g} dB over "
-        f"{int(ok.sum())} scored items (batch {batch} vs batch 1 forward: float32 rounding only; SDRi of "
-        f"(b) and (c) by the upstream numpy formula, of (a) by harness.scoring). Median SDRi "
-        f"{float(np.median(ours_sdri[ok])):.2f} dB (formula weights: not a trained model).",
-        "(c) is the separator alone: inputs already stacked in batches on the device, outputs left there "
-        "(on CUDA: synchronised, not copied back); (a) pays for reading mixtures.h5, host-device copies, "
-        "scoring and the part files, which is what the overhead measures.",
-        f"Run order {', '.join(order)} after one untimed warm-up forward; model load (not timed) "
-        f"{load_s:.1f} s. Other processes used {sum(other):.0f} CPU-s during the {timed:.0f} s of timed runs "
-        f"(/proc/stat, {os.cpu_count()} CPUs; per run in the details, with the 1-min load before and after).",
+        f"{n_items} items: the first {n_items} of the FSD50K test set built from data/dev/fsd50k; ResUNet30 with the "
+        f"at_soft formula weights (paper size, {flops / 1e9:.1f} GFLOP per 2-s item by torch's flop counter: "
+        f"convolutions and FiLM matmuls), CPU, torch {torch.__version__}, {roofline['threads']} threads, batch {batch}; "
+        f"each side in a fresh process; order {', '.join(order)}; medians of wall time.",
+        f"Items/s: default path {ips['ours']:.3f}, today's eager path {ips['eager']:.3f}, upstream-style loop "
+        f"{ips['loop']:.3f}; default without the allocator setting {ips['ours_system_malloc']:.3f}. Speed-ups of the "
+        f"default path: {ips['ours'] / ips['eager']:.2f}× the eager path, {ips['ours'] / ips['loop']:.2f}× the loop "
+        f"(CPU time per item: {cpu['ours'] / n_items:.2f} s default, {cpu['eager'] / n_items:.2f} s eager, "
+        f"{cpu['loop'] / n_items:.2f} s loop).",
+        f"Roofline: the best large oneDNN 3×3 convolution in this run reached {gflops:.0f} GFLOP/s "
+        f"(before the sides {roofline['gflops_per_s']:.0f}, after {roofline_after['gflops_per_s']:.0f}), so "
+        f"{flops / 1e9:.1f} GFLOP need ≥ {roof_s:.3f} s per item; the default path took {per_item:.3f} s "
+        f"(median; best run {best['ours'] / n_items:.3f} s): {per_item / roof_s:.2f}× the roofline "
+        f"({best['ours'] / n_items / roof_s:.2f}× at best). In CPU time (less sensitive to other jobs): the conv ran "
+        f"{gflops_cpu:.0f} GFLOP per CPU-second, i.e. ≥ {roof_cpu_s:.3f} CPU-s per item; the default path used "
+        f"{cpu['ours'] / n_items:.3f}: {ratio_cpu:.2f}× (eager {cpu['eager'] / n_items / roof_cpu_s:.2f}×, loop "
+        f"{cpu['loop'] / n_items / roof_cpu_s:.2f}×). "
+        + ("The machine was loaded (1-min load above its CPU count), and the roofline convolution slows down with "
+           "it, so the wall-time roofline ratio is only meaningful on a quiet machine. " if loaded else "")
+        + f"CPU features (detected): {', '.join(features) or 'none of note'}.",
+        f"Harness overhead outside the separator's forward (reading, scoring, part files, run.json; timed by wrapping "
+        f"the forward in the same runs): {outside * 100:+.2f} % of the forward's time.",
+        f"SDRi: max |default − eager| = {d_eager:.2g} dB, max |default − loop| = {d_loop:.2g} dB over {int(ok.sum())} "
+        f"items (the fast path's start-up check: max|Δ|/max|ref| = {inference.get('fidelity_max_rel_diff', float('nan')):.2g} "
+        "on the first batch, limit 1e-4).",
+        f"Peak RSS of the timed run (VmHWM reset before it; the ~0.8 GB model and its prepared copy included): "
+        f"default {peak['ours']:.0f} MiB, default without the allocator setting {peak['ours_system_malloc']:.0f} MiB "
+        f"(the allocator's cost {peak['ours'] - peak['ours_system_malloc']:+.0f} MiB, and it keeps that peak until "
+        f"the process exits), eager {peak['eager']:.0f} MiB, loop {peak['loop']:.0f} MiB. Without the setting the "
+        f"default path runs {ips['ours_system_malloc']:.3f} items/s.",
+        f"Machine: {os.cpu_count()} CPUs shared with other engineers' jobs during this run (1-min load "
+        f"{min(load):.1f}–{max(load):.1f}): timings are noisy and the ratios favour the paths that spin less "
+        "(OMP_WAIT_POLICY=PASSIVE on the default path, set by the CLI); rerun on a quiet machine for the "
+        "quiet figures. The GPU benchmark is benchmarks/gpu.py.",
     ]
-    if "bare_b1" in ips:
-        gain = ips["bare"] / ips["bare_b1"]
-        notes.insert(3, f"Batching on {device.type}: the bare forward runs {ips['bare_b1']:.3f} items/s one item at "
-                     f"a time and {ips['bare']:.3f} items/s at batch {batch} ({gain:.2f}×)"
-                     + (f", so here a batch-{batch} eval cannot beat a batch-1 loop: the speed-up (a)/(b) below 1 is "
-                        "the forward's, not the pipeline's." if gain < 1 else "."))
-    measurements: dict[str, Any] = {
-        "measured": (f"wall time of {n_items} FSD50K dev test items (2 s) with ResUNet30 (at_soft formula "
-                     f"weights) on {device}: (a) run_eval(CheckpointSystem average, batch {batch}, jobs 1) vs "
-                     "(b) an upstream-style one-item loop (read, forward batch 1, numpy SDRi); overhead vs "
-                     f"(c) the bare forward at batch {batch}"),
+    return {
+        "measured": (f"wall time of {n_items} FSD50K dev items (2 s), ResUNet30 at_soft formula weights on the CPU: "
+                     f"the default eval path vs today's eager path (the ratio) and an upstream-style loop, vs the "
+                     f"conv roofline ({flops / 1e9:.1f} GFLOP per item)"),
         "ours_s": med["ours"],
-        "reference_s": med["loop"],
-        "bare_s": med["bare"],
+        "reference_s": med["eager"],
+        "loop_s": med["loop"],
         "items_per_s_ours": ips["ours"],
+        "items_per_s_eager": ips["eager"],
         "items_per_s_loop": ips["loop"],
-        "items_per_s_bare": ips["bare"],
-        "items_per_s_bare_batch1": ips.get("bare_b1"),
-        "overhead": overhead,
-        "overhead_cpu": med_cpu["ours"] / med_cpu["bare"] - 1,
-        "overhead_outside_forward": outside["ours"],
-        "loop_outside_forward": outside["loop"],
-        "sdri_max_abs_diff_db": diff_ab,
-        "sdri_bare_vs_loop_max_abs_diff_db": diff_cb,
+        "items_per_s_ours_system_malloc": ips["ours_system_malloc"],
+        "speedup_vs_eager": ips["ours"] / ips["eager"],
+        "speedup_vs_loop": ips["ours"] / ips["loop"],
+        "roofline_gflops_per_s": gflops,
+        "gflop_per_item": flops / 1e9,
+        "roofline_s_per_item": roof_s,
+        "roofline_ratio": per_item / roof_s,
+        "roofline_fraction": roof_s / per_item,
+        "roofline_gflops_per_cpu_s": gflops_cpu,
+        "roofline_ratio_cpu": ratio_cpu,
+        "machine_loaded": loaded,
+        "overhead_outside_forward": outside,
+        "sdri_max_abs_diff_vs_eager_db": d_eager,
+        "sdri_max_abs_diff_vs_loop_db": d_loop,
+        "fidelity_max_rel_diff": inference.get("fidelity_max_rel_diff"),
+        "peak_rss_mib": peak,
         "items": n_items,
         "batch_size": batch,
-        "device": str(device),
         "notes": notes,
-        "details": {
-            "runs": runs, "order": order, "warmup": warm, "model_load_s": load_s, "checkpoint": str(ckpt),
-            "set": evalset_path, "build_digest": build["digest"], "items_scored_ok": int(ok.sum()),
-            "torch_threads": torch.get_num_threads(), "labels": sorted(set(labels)),
-            "sdri_ours": ours_sdri.tolist(), "sdri_loop": loop_sdri.tolist(),
-        },
+        "details": {"runs": runs, "order": order, "roofline": [roofline, roofline_after],
+                    "build_digest": build["digest"], "checkpoint": str(ckpt)},
     }
-    if device.type == "cuda":
-        peaks = {k: max(r["gpu_peak_mib"] for r in v) for k, v in runs.items()}
-        measurements["gpu_peak_mib"] = peaks["ours"]
-        measurements["details"]["gpu_peak_mib"] = peaks
-        measurements["details"]["gpu"] = torch.cuda.get_device_name(device)
-        notes.append(f"GPU {torch.cuda.get_device_name(device)}: peak allocated (torch.cuda.max_memory_allocated) "
-                     + ", ".join(f"{k} {v:.0f} MiB" for k, v in peaks.items()) + ".")
-    return measurements
 
 
 # --------------------------------------------------------------------------------------------------

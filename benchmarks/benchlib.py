@@ -198,6 +198,21 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+CPU_FEATURES = ("sha_ni", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+"""The /proc/cpuinfo flags that benchmark notes talk about (detected, never assumed)."""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is no such file)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def machine_facts() -> dict[str, Any]:
     """CPU model, cores, load, OS and the versions that matter for the timings."""
     try:
@@ -206,6 +221,7 @@ def machine_facts() -> dict[str, Any]:
         usable = os.cpu_count()
     return {
         "cpu": _cpu_model(),
+        "cpu_features": sorted(cpu_flags() & set(CPU_FEATURES)),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": usable,
         "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
@@ -218,7 +234,8 @@ def machine_facts() -> dict[str, Any]:
         "soxr": _version("soxr"),
         "soundfile": _version("soundfile"),
         "h5py": _version("h5py"),
-        "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+        "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                                  "OMP_WAIT_POLICY")
                        if k in os.environ},
     }
 

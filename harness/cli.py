@@ -206,6 +206,49 @@ def build_mixtures_cmd(
         console.print(f"  {note}")
 
 
+AUTO_FALLBACK_BATCH = 16
+"""``--batch-size auto`` for a baseline or under torchrun (every rank must cut the same units)."""
+
+
+def _fixed_batch_size(value: str) -> int:
+    """``--batch-size``: ``auto`` (→ :data:`AUTO_FALLBACK_BATCH` until resolved) or an integer ≥ 1."""
+    if value.strip().lower() == "auto":
+        return AUTO_FALLBACK_BATCH
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ConfigError(f"--batch-size must be auto or an integer ≥ 1, got {value!r}")
+    return size
+
+
+def _resolve_batch_size(value: str, system, ranks, limit: int | None, resume_from: Path | None = None) -> int:
+    """The batch size of the run: a number as given; ``auto`` timed on the checkpoint's separator
+    (harness.models.fast.choose_batch_size) in a single process, else the fallback. A ``--resume`` with
+    ``auto`` takes the batch size the run's parts were written with (``parts/*/meta.json``): a checkpoint's
+    estimates depend on it, and a resume never mixes two."""
+    from harness.evaluate import recorded_batch_size
+
+    size = _fixed_batch_size(value)
+    recorded = recorded_batch_size(resume_from) if resume_from is not None else None
+    auto = value.strip().lower() == "auto"
+    if auto and recorded is not None:
+        size = system.batch_size = recorded
+    separator = getattr(system, "separator", None)
+    if not auto or recorded is not None or separator is None or ranks.world_size > 1:
+        if separator is not None:
+            mode = ("given" if not auto else "auto (resumed: the parts' batch size)" if recorded is not None
+                    else "auto (torchrun: fixed)")
+            separator.inference_report = {**(getattr(separator, "inference_report", None) or {}),
+                                          "batch_size": {"mode": mode, "chosen": size}}
+        return size
+    from harness.models.fast import choose_batch_size
+
+    system.batch_size = choose_batch_size(separator, max_items=limit)
+    return system.batch_size
+
+
 @app.command("eval")
 def eval_cmd(
     datasets: Annotated[list[str] | None, typer.Argument(help="datasets to evaluate")] = None,
@@ -224,8 +267,10 @@ def eval_cmd(
     condition: Annotated[str | None, typer.Option(
         help="query condition of a --checkpoint system: average (Table 2: AudioSet also oracle) | oracle "
              "[average]")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="items per separation batch (2-s items): the unit of "
-                                                        "work, of torchrun sharding and of resume")] = 16,
+    batch_size: Annotated[str, typer.Option(help="items per separation batch (2-s items): the unit of work, of "
+                                                "torchrun sharding and of resume; auto: the fastest per item of a "
+                                                "few timed sizes (a checkpoint; 16 for a baseline or under "
+                                                "torchrun), recorded in run.json")] = "auto",
     device: Annotated[str, _device_opt("auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)")] = "auto",
     jobs: Annotated[int, typer.Option(min=1, help="metric worker processes (loky) or LocalCluster workers "
                                                   "(dask); results do not depend on it")] = 1,
@@ -266,6 +311,7 @@ def eval_cmd(
     check_choice("--save-estimates", save_estimates, SAVE_CHOICES)
     spec_name, sys_args = _system_choice(system_name, system_arg or [], baseline, checkpoint, condition)
     spec = resolve_spec(spec_name)  # before the sets are looked up: a misspelt name fails first
+    _fixed_batch_size(batch_size)  # a bad --batch-size fails before any work
     wd = _workdir(workdir)
     if out is not None:
         check_output_folder(out, "--out")
@@ -277,11 +323,14 @@ def eval_cmd(
         _inference_start()  # before the first large allocation of any separator
         # a plug-in gets a concrete device ("cpu", "cuda:0"), never "auto"
         system = build_system(spec, sys_args, {"workdir": wd, "device": str(resolve_device(ranks.device(device))),
-                                               "batch_size": batch_size})
+                                               "batch_size": _fixed_batch_size(batch_size)})
         condition = sys_args.get("condition")
+        for name in names:  # a missing query set fails before the batch-size timing
+            system.prepare(name)
         if absent and ranks.is_main:
             console.print(f"--all: not built in {wd}/mixtures, skipped: {', '.join(absent)}")
         run_dir = out or Path("reports") / system.name.replace(":", "-")
+        batch_size = _resolve_batch_size(batch_size, system, ranks, limit, run_dir if resume else None)
         opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, batch_size=batch_size, jobs=jobs,
                            limit=limit, resume=resume, executor=executor, scheduler=scheduler,
                            part_items=part_items, break_lock=break_lock, save_estimates=save_estimates, shots=shots,

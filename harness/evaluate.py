@@ -324,6 +324,19 @@ def _parts_meta(system: System, evalset: EvalSet, batch_size: int | None = None)
     return meta
 
 
+def recorded_batch_size(out: str | Path) -> int | None:
+    """The ``--batch-size`` the part files of the run folder ``out`` were written with
+    (``parts/<dataset>/meta.json`` → ``numerics.batch_size``), or ``None`` when no part records one."""
+    for path in sorted(Path(out).glob("parts/*/meta.json")):
+        try:
+            size = json.loads(path.read_text()).get("numerics", {}).get("batch_size")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(size, int) and size >= 1:
+            return size
+    return None
+
+
 def _check_parts(out: Path, system: System, evalset: EvalSet, batch_size: int | None = None) -> None:
     """Raise UssBenchError when the dataset's parts were written for another system, checkpoint or build."""
     folder = parts_dir(out, evalset.dataset)

@@ -1,4 +1,4 @@
-"""The fast CPU/GPU inference path of the separator, and the check that it is faithful.
+"""The fast CPU/GPU inference path of the separator (and the Cnn14 query net), and the check that it is faithful.
 
 Evaluation time is the separator's forward pass. :func:`prepare_for_inference` rewrites a
 :class:`~harness.models.resunet.ResUNet30` for inference without changing what it computes:
@@ -10,6 +10,9 @@ Evaluation time is the separator's forward pass. :func:`prepare_for_inference` r
   (``x·s + (t + β)``), and the leaky ReLUs run in place;
 - 4-D weights and activations are channels-last (oneDNN's fast layout on CPU);
 - it runs under :func:`torch.inference_mode`, float32 throughout (no reduced precision anywhere).
+
+:func:`prepare_query_net` does the same for Cnn14 / Cnn14_DecisionLevelMax (each ``conv → BatchNorm``
+pair folded into one biased convolution, in-place ReLUs, channels-last).
 
 :func:`checked_forward` is what the inference entry points call: it prepares a model once per process
 (again only when its weights changed, e.g. between training validations), compares the prepared model
@@ -109,7 +112,8 @@ def _as_4d(v: torch.Tensor) -> torch.Tensor:
 
 
 def _channels_last(w: torch.Tensor) -> torch.Tensor:
-    return w.detach().contiguous(memory_format=torch.channels_last) if w.dim() == 4 else w.detach().clone()
+    """A new tensor (never a view of ``w``), channels-last when 4-D."""
+    return w.detach().clone(memory_format=torch.channels_last) if w.dim() == 4 else w.detach().clone()
 
 
 class _PreAct(nn.Module):
@@ -188,14 +192,20 @@ def prepare_for_inference(model: ResUNet30) -> ResUNet30:
     if not isinstance(model, ResUNet30):
         raise TypeError(f"prepare_for_inference needs a ResUNet30, got {type(model).__name__}")
     with torch.no_grad():
-        prepared = copy.deepcopy(model).eval()
+        # The convolution weights (nearly all of the model) are not copied here: the fused blocks make
+        # their own new tensors from them, so the copy never holds the model twice over.
+        memo = {id(p): p for p in model.parameters() if p.dim() == 4}
+        prepared = copy.deepcopy(model, memo).eval()
         for name, module in list(prepared.named_children()):
             if hasattr(module, "conv_block1") and isinstance(module.conv_block1, ConvBlockRes):
                 module.conv_block1 = FusedConvBlockRes(module.conv_block1)
             elif isinstance(module, DecoderBlockRes1B):
                 setattr(prepared, name, FusedDecoderBlockRes1B(module))
-        prepared.after_conv.weight.data = _channels_last(prepared.after_conv.weight)
-        prepared.pre_conv.weight.data = _channels_last(prepared.pre_conv.weight)
+        for conv in (prepared.pre_conv, prepared.after_conv):  # still shared with model: replace, never modify
+            conv.weight = nn.Parameter(_channels_last(conv.weight), requires_grad=False)
+        shared = {id(p) for p in model.parameters()} & {id(p) for p in prepared.parameters()}
+        if shared:
+            raise RuntimeError(f"internal: {len(shared)} parameters shared between the model and its prepared copy")
     for p in prepared.parameters():
         p.requires_grad_(False)
     prepared.fast_prepared = True
@@ -219,15 +229,37 @@ _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _PREPARE = prepare_for_inference  # the preparation checked_forward uses (tests swap in a broken one)
 
 
-def checked_forward(model: nn.Module, mixture: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-    """``model(mixture, condition)`` in eval/inference mode through the checked fast path.
+def _preparer(model: nn.Module):
+    """The preparation for ``model``'s class (separator or Cnn14 body), or None for any other module."""
+    from harness.models.panns import _Cnn14Body
 
-    A ResUNet30 is prepared on first use (and again when its weights changed); that first batch also runs
-    the plain module and the two outputs are compared. ``model.inference_report`` then holds
-    ``{"fast_path", "fidelity_max_rel_diff", "fidelity_limit", "prepare_s", "allocator", ...}``. Any other
-    module, or ``USS_BENCH_FAST=0``, runs as it is.
+    if isinstance(model, ResUNet30):
+        return _PREPARE
+    if isinstance(model, _Cnn14Body):
+        return _PREPARE_QUERY_NET
+    return None
 
-    Shape: as the model's forward (``(B, 1, L)`` and ``(B or 1, D)`` → ``(B, 1, L)``).
+
+def _max_relative_difference(out, reference) -> float:
+    """:func:`relative_difference` of a tensor, or the largest over a dict of tensors (Cnn14's outputs)."""
+    if isinstance(reference, dict):
+        return max(relative_difference(out[k], v) for k, v in reference.items())
+    return relative_difference(out, reference)
+
+
+def checked_forward(model: nn.Module, *inputs: torch.Tensor):
+    """``model(*inputs)`` in eval/inference mode through the checked fast path.
+
+    A ResUNet30 (:func:`prepare_for_inference`) or a Cnn14 / Cnn14_DecisionLevelMax
+    (:func:`prepare_query_net`) is prepared on first use (and again when its weights changed); that first
+    batch also runs the plain module and the outputs are compared (for a dict of outputs: the largest of
+    their differences). ``model.inference_report`` then holds ``{"fast_path", "fidelity_max_rel_diff",
+    "fidelity_limit", "prepare_s", "allocator", ...}``. Any other module, or ``USS_BENCH_FAST=0``, runs as
+    it is. The model's training flag is restored afterwards. On CUDA, preparing turns TF32 off for cuDNN
+    convolutions and matmuls (process-wide; PyTorch's default allows it in convolutions), so the path is
+    float32 as on the CPU.
+
+    Shape: as the model's forward (separator: ``(B, 1, L)`` and ``(B or 1, D)`` → ``(B, 1, L)``).
 
     Raises:
         FastPathError: the prepared model's output differs by more than :data:`FIDELITY_LIMIT` of peak.
@@ -236,36 +268,137 @@ def checked_forward(model: nn.Module, mixture: torch.Tensor, condition: torch.Te
     model.eval()
     try:
         with torch.inference_mode():
-            if not isinstance(model, ResUNet30) or not enabled():
-                if isinstance(model, ResUNet30):
+            prepare = _preparer(model)
+            if prepare is None or not enabled():
+                if prepare is not None:
                     model.inference_report = {"fast_path": False, "reason": f"{FAST_ENV}=0"}
-                return model(mixture, condition)
+                return model(*inputs)
             version = _version(model)
             entry = _CACHE.get(model)
             if entry is not None and entry[0] == version:
-                return entry[1](mixture, condition)
+                return entry[1](*inputs)
             allocator = tune_allocator()
+            if inputs[0].is_cuda:  # float32 means float32: PyTorch's default lets cuDNN convolutions use TF32
+                torch.backends.cudnn.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = False
             t0 = time.perf_counter()
-            prepared = _PREPARE(model)
+            prepared = prepare(model)
             prepare_s = time.perf_counter() - t0
-            reference = model(mixture, condition)
-            out = prepared(mixture, condition)
-            rel = relative_difference(out, reference)
+            reference = model(*inputs)
+            out = prepared(*inputs)
+            rel = _max_relative_difference(out, reference)
             report = {"fast_path": True, "fidelity_max_rel_diff": rel, "fidelity_limit": FIDELITY_LIMIT,
-                      "fidelity_batch": int(mixture.shape[0]), "prepare_s": round(prepare_s, 3),
+                      "fidelity_batch": int(inputs[0].shape[0]), "prepare_s": round(prepare_s, 3),
                       "allocator": allocator, "memory_format": "channels_last", "dtype": "float32",
                       "torch_threads": torch.get_num_threads(),
-                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "device": str(inputs[0].device)}
+            if inputs[0].is_cuda:
+                report["cuda_tf32"] = False
             prev = getattr(model, "inference_report", None) or {}
             model.inference_report = {**{k: v for k, v in prev.items() if k == "batch_size"}, **report}
             if not rel <= FIDELITY_LIMIT:
                 raise FastPathError(
-                    f"the fast inference path differs from the plain float32 model by {rel:.3g} of the output's "
-                    f"peak on the first batch (limit {FIDELITY_LIMIT:g}): not used. Rerun with {FAST_ENV}=0 "
-                    "to run the plain model, and report this (torch version, CPU) as a bug"
+                    f"the fast inference path of {type(model).__name__} differs from the plain float32 model by "
+                    f"{rel:.3g} of the output's peak on the first batch (limit {FIDELITY_LIMIT:g}): not used. "
+                    f"Rerun with {FAST_ENV}=0 to run the plain model, and report this (torch version, CPU) as a bug"
                 )
             _CACHE[model] = (version, prepared)
             del reference
             return out
     finally:
         model.train(was_training)
+
+
+class FusedConvBlock(nn.Module):
+    """Cnn14's :class:`~harness.models.panns.ConvBlock` with each BatchNorm folded into its convolution.
+
+    ``relu_(conv1'(x) + t1)``, ``relu_(conv2'(·) + t2)``, average pooling; ``conv' = s ⊙ conv`` per output
+    channel, ``(s, t)`` the affine form of the BatchNorm after it (exact in real arithmetic).
+    """
+
+    def __init__(self, block):
+        super().__init__()
+        self.pool = block.pool
+        s1, t1 = _bn_affine(block.bn1)
+        s2, t2 = _bn_affine(block.bn2)
+        self.w1 = nn.Parameter(_channels_last(block.conv1.weight * s1[:, None, None, None]), requires_grad=False)
+        self.b1 = nn.Parameter(t1.detach().clone(), requires_grad=False)
+        self.w2 = nn.Parameter(_channels_last(block.conv2.weight * s2[:, None, None, None]), requires_grad=False)
+        self.b2 = nn.Parameter(t2.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        x = F.relu_(F.conv2d(x, self.w1, self.b1, padding=1))
+        x = F.relu_(F.conv2d(x, self.w2, self.b2, padding=1))
+        return F.avg_pool2d(x, kernel_size=self.pool)
+
+
+def prepare_query_net(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of a Cnn14 / Cnn14_DecisionLevelMax with BatchNorms folded into the convolutions
+    (:class:`FusedConvBlock`), channels-last; ``model`` is untouched. Same outputs up to float32 rounding.
+
+    Raises:
+        TypeError: ``model`` is not a Cnn14 body.
+    """
+    from harness.models.panns import ConvBlock, _Cnn14Body
+
+    if not isinstance(model, _Cnn14Body):
+        raise TypeError(f"prepare_query_net needs a Cnn14, got {type(model).__name__}")
+    with torch.no_grad():
+        memo = {id(p): p for p in model.parameters() if p.dim() == 4}
+        prepared = copy.deepcopy(model, memo).eval()
+        for name, module in list(prepared.named_children()):
+            if isinstance(module, ConvBlock):
+                setattr(prepared, name, FusedConvBlock(module))
+    for p in prepared.parameters():
+        p.requires_grad_(False)
+    prepared.fast_prepared = True
+    return prepared
+
+
+_PREPARE_QUERY_NET = prepare_query_net
+
+
+BATCH_CANDIDATES = {"cpu": (1, 2, 4, 8, 16), "cuda": (8, 16, 32, 64, 128)}
+"""Batch sizes ``--batch-size auto`` tries, in order (2-s items), per device type."""
+
+
+def choose_batch_size(model: nn.Module, candidates: tuple[int, ...] | None = None, max_items: int | None = None,
+                      length: int = 64000) -> int:
+    """``--batch-size auto``: time the fast path at a few batch sizes, return the fastest per item.
+
+    Each candidate (:data:`BATCH_CANDIDATES` for the model's device, at most ``max_items``) runs one
+    untimed forward then one timed one on seeded noise (the forward's cost does not depend on the audio;
+    the first call also prepares and checks the model). The search stops once a candidate is 10 % slower
+    per item than the best so far. The choice and the timings go to ``model.inference_report["batch_size"]``.
+
+    A different batch size can change the outputs in the last bits (oneDNN/cuDNN pick kernels per shape;
+    measured ≤ 3e-7 of peak between batch 1 and 3): rerun with the recorded ``--batch-size N`` to repeat a
+    run bit for bit. Returns an int ≥ 1.
+    """
+    device = next(model.parameters()).device
+    cands = list(candidates or BATCH_CANDIDATES.get(device.type, BATCH_CANDIDATES["cpu"]))
+    if max_items is not None:
+        cands = [b for b in cands if b <= max(1, max_items)] or [1]
+    size = int(getattr(model, "condition_size", 0))
+    g = torch.Generator().manual_seed(0)
+    per_item: dict[int, float] = {}
+    for b in cands:
+        x = (0.1 * torch.randn(b, 1, length, generator=g)).to(device)
+        c = torch.rand(b, size, generator=g).to(device)
+        checked_forward(model, x, c)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        checked_forward(model, x, c)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        per_item[b] = (time.perf_counter() - t0) / b
+        if per_item[b] > 1.10 * min(per_item.values()):
+            break
+    best = min(per_item, key=lambda b: (per_item[b], b))
+    report = getattr(model, "inference_report", None) or {}
+    report["batch_size"] = {"mode": "auto", "chosen": best, "seconds_per_item": {str(k): round(v, 4)
+                                                                              for k, v in per_item.items()}}
+    model.inference_report = report
+    return best

@@ -221,8 +221,7 @@ def embed(
     )
     target = module_device(query_net)
     outputs = []
-    with eval_inference(query_net):
-        for start in range(0, len(chunks), batch_size):
-            batch = torch.from_numpy(chunks[start : start + batch_size]).to(target)
-            outputs.append(query_net(batch)[QUERY_OUTPUTS[condition_type]].float().cpu())
+    for start in range(0, len(chunks), batch_size):  # a Cnn14 runs through the checked fast path
+        batch = torch.from_numpy(chunks[start : start + batch_size]).to(target)
+        outputs.append(checked_forward(query_net, batch)[QUERY_OUTPUTS[condition_type]].float().cpu())
     return torch.cat(outputs).mean(dim=0).numpy()

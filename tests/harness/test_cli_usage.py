@@ -94,7 +94,7 @@ def test_help_shows_defaults_and_keeps_bracketed_text(no_click):
     assert r.returncode == 0 and "TOML with a [roots] table" in " ".join(r.stdout.split())
     r = subprocess.run([str(SCRIPT), "eval", "--help"], capture_output=True, text=True, env=no_click, timeout=60)
     text = " ".join(r.stdout.split())
-    assert r.returncode == 0 and "[default: 16; x>=1]" in text and "[default: auto]" in text
+    assert r.returncode == 0 and "[default: 256; x>=1]" in text and "[default: auto]" in text  # --part-items; --batch-size
 
 
 def test_internal_error_gets_its_own_code_and_a_log(monkeypatch, tmp_path, capsys):

@@ -115,3 +115,20 @@ def test_one_read_loader_equals_the_two_loaders(at_soft_ckpt):
         a, b = ours.state_dict(), theirs.state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert separator.condition_type == "at_soft"
+
+
+@pytest.mark.slow
+def test_cli_eval_batch_size_auto_is_recorded(at_soft_ckpt, workdir, tmp_path):
+    """``eval --batch-size auto`` (the default) times sizes ≤ --limit, runs at the chosen one, records both."""
+    from harness import cli
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["eval", "fsdkaggle2018", "--checkpoint", str(at_soft_ckpt), "--workdir", str(workdir),
+                  "--condition", "oracle", "--limit", "2", "--device", "cpu", "--out", str(tmp_path / "run"),
+                  "--quiet"])
+    assert done.value.code == 0
+    run = json.loads((tmp_path / "run/run.json").read_text())
+    chosen = run["inference"]["batch_size"]
+    assert chosen["mode"] == "auto" and chosen["chosen"] in (1, 2) and set(chosen["seconds_per_item"]) <= {"1", "2"}
+    assert run["options"]["batch_size"] == chosen["chosen"]
+    assert run["inference"]["fast_path"] and run["inference"]["fidelity_max_rel_diff"] <= 1e-4

@@ -41,6 +41,7 @@ def _inputs(batch: int = 3, length: int = 16000, seed: int = 1):
 def test_prepared_model_matches_the_plain_module():
     model = _model()
     x, c = _inputs()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.inference_mode():
         ref = model(x, c)
         prepared = fast.prepare_for_inference(model)
@@ -54,6 +55,9 @@ def test_prepared_model_matches_the_plain_module():
     assert not hasattr(model, "fast_prepared") and isinstance(model.encoder_block1.conv_block1.bn2,
                                                               torch.nn.BatchNorm2d)
     assert prepared.condition_size == 527 and prepared.condition_type == "at_soft"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    mine = {t.data_ptr() for t in model.state_dict().values()}
+    assert not mine & {t.data_ptr() for t in prepared.state_dict().values()}  # no storage shared
 
 
 def test_folding_is_not_the_identity():
@@ -164,3 +168,76 @@ def test_tune_allocator_is_idempotent():
         assert first["mallopt"]["M_MMAP_MAX"] == 0
     else:
         assert first["reason"]
+
+
+def test_choose_batch_size_times_candidates_and_records_the_choice():
+    model = _model(seed=5)
+    chosen = fast.choose_batch_size(model, candidates=(1, 2, 4), max_items=2, length=16000)
+    timed = model.inference_report["batch_size"]
+    assert chosen in (1, 2) and timed["mode"] == "auto" and timed["chosen"] == chosen
+    assert set(timed["seconds_per_item"]) <= {"1", "2"}  # 4 > max_items: never tried
+    assert model.inference_report["fast_path"] is True  # the first timed call prepared and checked it
+
+
+def test_batch_size_option_is_checked_before_any_work():
+    from harness.cli import _fixed_batch_size
+    from harness.errors import ConfigError
+
+    assert _fixed_batch_size("auto") == 16 and _fixed_batch_size("8") == 8
+    for bad in ("0", "-3", "many", "2.5"):
+        with pytest.raises(ConfigError, match="--batch-size must be auto or an integer"):
+            _fixed_batch_size(bad)
+
+
+def test_prepared_path_is_deterministic():
+    """Same inputs, same batch size → bit-identical outputs: on the cached preparation and on a fresh one
+    (what another process, or another --jobs, gets). The timing-based batch-size choice is not involved."""
+    model = _model(seed=7)
+    x, c = _inputs(batch=4, length=32000)
+    first = separate_batch(model, x[:, 0].numpy(), c.numpy(), batch_size=2)
+    again = separate_batch(model, x[:, 0].numpy(), c.numpy(), batch_size=2)
+    fast._CACHE.pop(model)
+    fresh = separate_batch(model, x[:, 0].numpy(), c.numpy(), batch_size=2)
+    assert np.array_equal(first, again) and np.array_equal(first, fresh)
+
+
+def test_query_net_fast_path_matches_the_plain_cnn14():
+    """Cnn14's conv → BatchNorm pairs folded (embed and embed-queries run this): same outputs."""
+    from harness.models import Cnn14, embed
+
+    torch.manual_seed(11)
+    net = Cnn14()
+    with torch.no_grad():
+        for mod in net.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.2, 0.2)
+    net.eval()
+    x = 0.1 * torch.randn(2, 64000, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        ref = net(x)
+        out = fast.prepare_query_net(net)(x)
+    for key in ("clipwise_output", "embedding"):
+        assert fast.relative_difference(out[key], ref[key]) <= 1e-5, key
+    vec = embed(net, x.reshape(-1).numpy(), "emb")  # two tiled chunks through checked_forward
+    assert net.inference_report["fast_path"] and net.inference_report["fidelity_max_rel_diff"] <= 1e-5
+    np.testing.assert_allclose(vec, ref["embedding"].mean(0).numpy(), rtol=0, atol=1e-5 * float(ref["embedding"].abs().max()))
+
+
+def test_cli_sets_the_openmp_wait_policy_before_torch_loads():
+    """``main`` sets OMP_WAIT_POLICY=PASSIVE only while torch is not loaded, and never over the user's value."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys\nfrom harness import cli\nassert 'torch' not in sys.modules\n"
+            "try:\n    cli.main(['--version'])\nexcept SystemExit:\n    pass\nprint(os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "ACTIVE"
