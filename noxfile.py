@@ -53,6 +53,16 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs, env={"OMP_NUM_THREADS": "2"})
 
 
+@nox.session
+def faults(session: nox.Session) -> None:
+    """The fault suite (``tests/faults``) with its slow cases: SIGKILL of eval and train at several points
+    then ``--resume``, the deliberate PESQ segfault (CI runs it after ``numerics``). It prints the fault
+    matrix count at the end."""
+    _ensure_ffmpeg(session)
+    _install(session)
+    session.run("pytest", "tests/faults", "--slow", "-q", *session.posargs, env={"OMP_NUM_THREADS": "2"})
+
+
 FORCED_KERNELS = {
     # name: environment. Each stands in for another CPU's kernels: ATen's vectorised kernels dispatch on
     # the CPU (AVX-512 / AVX2 / scalar "default"), oneDNN's convolutions on its ISA cap. One thread in one
