@@ -221,10 +221,12 @@ def eval_throughput(ctx: Context) -> dict[str, Any]:
         f"(the allocator's cost {peak['ours'] - peak['ours_system_malloc']:+.0f} MiB, and it keeps that peak until "
         f"the process exits), eager {peak['eager']:.0f} MiB, loop {peak['loop']:.0f} MiB. Without the setting the "
         f"default path runs {ips['ours_system_malloc']:.3f} items/s.",
-        f"Machine: {os.cpu_count()} CPUs shared with other engineers' jobs during this run (1-min load "
-        f"{min(load):.1f}–{max(load):.1f}): timings are noisy and the ratios favour the paths that spin less "
-        "(OMP_WAIT_POLICY=PASSIVE on the default path, set by the CLI); rerun on a quiet machine for the "
-        "quiet figures. The GPU benchmark is benchmarks/gpu.py.",
+        f"Machine: {os.cpu_count()} CPUs, 1-min load {min(load):.1f}–{max(load):.1f} during this run (the side "
+        "being timed counts for up to its thread count). "
+        + ("Loaded: timings are noisy and the ratios favour the paths that spin less (OMP_WAIT_POLICY=PASSIVE on "
+           "the default path, set by the CLI); rerun on a quiet machine for the quiet figures. " if loaded else
+           "Quiet: no other job beside the side being timed. ")
+        + "The GPU benchmark is benchmarks/gpu.py.",
     ]
     return {
         "measured": (f"wall time of {n_items} FSD50K dev items (2 s), ResUNet30 at_soft formula weights on the CPU: "
