@@ -210,6 +210,9 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+    # a build killed between its two renames left its ``.old`` copy, kept above as the only one; now that
+    # ``final`` is in place again it is removed (issue 15 #15)
+    remove_stale_temps(final.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
