@@ -8,7 +8,8 @@ POINT is one of
   the temporary file is complete and before the rename (the file is still under its temporary name);
 - ``after-rename:GLOB``: right after that rename;
 - ``call:MODULE:ATTR``: at the N-th call of ``MODULE.ATTR`` (e.g. ``harness.evaluate:_separate``: in the
-  middle of a unit, its rows not yet flushed).
+  middle of a unit, its rows not yet flushed); ATTR may be dotted, ``CLASS.METHOD`` (e.g.
+  ``harness.mixtures:_RowWriter.__call__``: the N-th row written into ``mixtures.h5``).
 
 SIGKILL cannot be caught: nothing of the harness's cleanup runs, as when the OOM killer or a scheduler
 ends a job. Not a test module (no ``test_`` prefix): the fault tests start it in a subprocess.
@@ -52,6 +53,9 @@ def install(point: str, n: int) -> None:
     elif kind == "call":
         module, _, attr = where.partition(":")
         mod = importlib.import_module(module)
+        *outer, attr = attr.split(".")
+        for name in outer:  # CLASS.METHOD: patch the method on its class
+            mod = getattr(mod, name)
         real_fn = getattr(mod, attr)
 
         def wrapper(*a, **k):
