@@ -93,7 +93,7 @@ from harness.datasets.store import (
 from harness.errors import ConfigError, UssBenchError, check_choice
 from harness.parallel import Ranks
 from harness.queries import Query, ShotBank, display_name
-from harness.scoring import METRIC_COLUMNS, score_task, unscored
+from harness.scoring import METRIC_COLUMNS, score_packed, score_task, unscored
 from harness.scoring import score as score  # public here too: harness.evaluate.score
 from harness.scoring import score_batch as score_batch
 from harness.systems import BASELINES as BASELINES  # re-exported: older imports keep working
@@ -533,7 +533,7 @@ class _ScorePool:
             results = [score_task(None, *t) for t in tasks]
             return lambda: results
         pid = os.getpid()
-        gen = self._par(delayed(score_task)(pid, *t) for t in tasks)
+        gen = self._par(delayed(score_packed)(pid, tuple(t)) for t in tasks)  # not scattered: see score_packed
         return lambda: list(gen)
 
 

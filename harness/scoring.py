@@ -168,3 +168,15 @@ def score_task(main_pid: int | None, refs, ests, mixes, cfg: dict) -> tuple[list
     if main_pid is not None and os.getpid() != main_pid:
         parallel.limit_threads()
     return score_batch(refs, ests, mixes, cfg), time.perf_counter() - t0
+
+
+def score_packed(main_pid: int, task: tuple) -> tuple[list[dict[str, Any]], float]:
+    """``score_task(main_pid, *task)``: a worker task whose arrays travel inside one tuple.
+
+    joblib's Dask backend scatters every large weak-referable argument (a numpy array) to a single
+    worker before the task runs; that worker holds the only copy, so when it dies the tasks that need
+    it fail (``FutureCancelledError``) and the run with them, although other workers are alive. A tuple
+    is sent inside the task itself, which the scheduler keeps and reruns on another worker (issue 15:
+    a worker killed mid-run must not change the result). Loky pickles both forms alike.
+    """
+    return score_task(main_pid, *task)
