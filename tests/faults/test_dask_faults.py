@@ -11,6 +11,7 @@ The scheduler and worker are real ``dask scheduler`` / ``dask worker`` processes
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -147,3 +148,82 @@ def test_eval_on_a_scheduler_without_workers_exits_2_with_one_line(built, tmp_pa
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "no worker after 2 s" in lines[0], proc.stderr[-2000:]
     assert took < 40
+
+
+# -- one of two workers SIGKILLed in the middle of a task: the run ends with the serial run's rows ---------
+
+PRELOAD = Path(__file__).with_name("dask_hold_preload.py")
+KILL_ARGS = ("--baseline", "oracle-irm", "fsd50k", "--batch-size", "4", "--part-items", "4", "-q")
+
+
+def _wait_for_workers(address: str, n: int, timeout: float = 180.0) -> None:
+    import distributed
+
+    with distributed.Client(address, timeout=60, set_as_default=False) as client:
+        client.wait_for_workers(n, timeout=timeout)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group of ``proc`` (a worker, the eval) when it still runs, and reap it."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_task_gives_the_serial_rows(fsd50k_workdir, scheduler, tmp_path):
+    """A real ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1; one worker is SIGKILLed
+    once it has started a scoring task (it holds the task until then: ``dask_hold_preload.py``), the other
+    waits for that start before it scores anything. The scheduler hands the lost tasks to the survivor:
+    exit 0 and an ``items.parquet`` identical to a serial run's (every column but the wall-clock
+    ``seconds``)."""
+    import pandas as pd
+
+    from harness.evaluate import EvalOptions, OracleIRM, run_eval
+
+    serial = tmp_path / "serial"
+    run_eval(OracleIRM(), EvalOptions(datasets=["fsd50k"], workdir=fsd50k_workdir, out=serial, batch_size=4,
+                                      part_items=4))
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    env = {**os.environ, "USS_FAULT_MARKERS": str(markers), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def worker(role: str) -> subprocess.Popen:
+        with open(tmp_path / f"worker-{role}.log", "w") as log:  # kept for a failure's diagnosis
+            return subprocess.Popen([DASK, "worker", scheduler, "--nthreads", "1", "--no-nanny", "--no-dashboard",
+                                     "--preload", str(PRELOAD)], stdout=subprocess.DEVNULL, stderr=log,
+                                    start_new_session=True, env={**env, "USS_FAULT_ROLE": role})
+
+    procs = []
+    try:
+        doomed, survivor = worker("hold"), worker("wait")
+        procs += [doomed, survivor]
+        _wait_for_workers(scheduler, 2)  # both joined: the eval sees 2 worker threads
+        out = tmp_path / "run"
+        log = tmp_path / "eval.log"  # a file, not a pipe: nothing blocks the eval while the test waits
+        with open(log, "w") as f:
+            ev = subprocess.Popen([sys.executable, "-m", "harness", "eval", *KILL_ARGS, "--workdir",
+                                   str(fsd50k_workdir), "--out", str(out), "--executor", "dask", "--scheduler",
+                                   scheduler], stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(ev)
+        started = markers / "started"
+        t0 = time.monotonic()
+        while not started.exists():
+            assert ev.poll() is None, "the eval ended before the doomed worker started a task: " + log.read_text()
+            assert time.monotonic() - t0 < 240, "the doomed worker never started a task"
+            time.sleep(0.1)
+        assert int(started.read_text()) == doomed.pid  # this very worker is in the middle of a task
+        os.killpg(doomed.pid, signal.SIGKILL)
+        doomed.wait(timeout=60)
+        assert ev.wait(timeout=420) == 0, log.read_text()[-5000:]
+        assert survivor.poll() is None  # the survivor scored the rest
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+    items, want = pd.read_parquet(out / "items.parquet"), pd.read_parquet(serial / "items.parquet")
+    pd.testing.assert_frame_equal(items.drop(columns="seconds"), want.drop(columns="seconds"), check_exact=True)
+    execution = json.loads((out / "run.json").read_text())["execution"]["executor"]
+    assert execution["kind"] == "dask" and execution["jobs"] == 2 and execution["scheduler"] == scheduler
