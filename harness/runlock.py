@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UssBenchError
+from harness.tempfiles import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +36,6 @@ LOCK_NAME = "eval.lock"
 
 class RunLocked(UssBenchError):
     """The run folder is locked by another eval (alive, or stale and not broken)."""
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host (``kill(pid, 0)``; a process of another user counts)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def process_start(pid: int) -> int | None:
