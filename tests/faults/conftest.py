@@ -119,3 +119,38 @@ def run_cli():
         return 0
 
     return run
+
+
+@pytest.fixture
+def cli_stderr(capsys):
+    """``cli_stderr(argv)``: ``uss-bench ARGV`` in this process, expected to exit; returns ``(exit code,
+    stderr)`` of that call alone."""
+    from harness.cli import main
+
+    def run(argv: list) -> tuple[int, str]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main([str(a) for a in argv])
+        return exc.value.code, capsys.readouterr().err
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def fsdkaggle2018_workdir(dev_data, tmp_path_factory):
+    """A workdir with the 40-item FSDKaggle2018 dev test set (never modified: tests tamper with a copy)."""
+    from harness.mixtures import BuildOptions, build_mixtures
+
+    wd = tmp_path_factory.mktemp("faults-fsdk")
+    build_mixtures(dev_data / "fsdkaggle2018", wd, BuildOptions("fsdkaggle2018"))
+    return wd
+
+
+@pytest.fixture
+def wd(fsdkaggle2018_workdir, tmp_path):
+    """A private copy of :func:`fsdkaggle2018_workdir`, to tamper with."""
+    import shutil
+
+    dst = tmp_path / "wd"
+    shutil.copytree(fsdkaggle2018_workdir, dst)
+    return dst

@@ -12,17 +12,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from harness import cli
 from harness.audio import audio_info, read_audio, wav_header_frames
 from harness.errors import EXIT_USAGE, AudioError
-
-
-def run_cli(args, capsys) -> tuple[int, str]:
-    """``uss-bench ARGS`` in-process: ``(exit code, stderr)``."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        cli.main([str(a) for a in args])
-    return exc.value.code, capsys.readouterr().err
 
 
 def truncate(path, keep_fraction=0.5):
@@ -57,7 +48,7 @@ def test_truncated_wav_is_refused(dev_data, tmp_path):
         audio_info(path)
 
 
-def test_truncated_wav_in_a_corpus_fails_the_build(dev_data, tmp_path, capsys):
+def test_truncated_wav_in_a_corpus_fails_the_build(dev_data, tmp_path, cli_stderr):
     """A FSDKaggle2018 test clip stored as a WAV cut in half: the build stops naming the file (exit 2)."""
     root = tmp_path / "fsdk"
     shutil.copytree(dev_data / "fsdkaggle2018", root, symlinks=False)
@@ -69,8 +60,8 @@ def test_truncated_wav_in_a_corpus_fails_the_build(dev_data, tmp_path, capsys):
     soundfile.write(wav, x, sr, subtype="PCM_16")
     flac.unlink()
     truncate(wav)
-    code, err = run_cli(["build-mixtures", "fsdkaggle2018", "--root", root, "--workdir", tmp_path / "wd",
-                         "--quiet"], capsys)
+    code, err = cli_stderr(["build-mixtures", "fsdkaggle2018", "--root", root, "--workdir", tmp_path / "wd",
+                            "--quiet"])
     assert code == EXIT_USAGE, err
     assert f"{wav.name} is truncated" in err
     assert not (tmp_path / "wd" / "mixtures" / "fsdkaggle2018" / "test").exists()

@@ -12,24 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
 
-from harness import cli
 from harness.errors import EXIT_USAGE
 from harness.mixtures import BuildOptions, build_mixtures
 
 SET = "mixtures/fsdkaggle2018/test"
-
-
-def run_cli(args, capsys) -> tuple[int, str]:
-    """``uss-bench ARGS`` in-process: ``(exit code, stderr)``."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        cli.main([str(a) for a in args])
-    return exc.value.code, capsys.readouterr().err
 
 
 def assert_one_line_error(code, err, *needles):
@@ -40,20 +30,6 @@ def assert_one_line_error(code, err, *needles):
         assert str(n) in err, (n, err)
 
 
-@pytest.fixture(scope="module")
-def built(dev_data, tmp_path_factory):
-    wd = tmp_path_factory.mktemp("built")
-    build_mixtures(dev_data / "fsdkaggle2018", wd, BuildOptions("fsdkaggle2018"))
-    return wd
-
-
-@pytest.fixture()
-def wd(built, tmp_path):
-    dst = tmp_path / "wd"
-    shutil.copytree(built, dst)
-    return dst
-
-
 def eval_args(wd, out):
     return ["eval", "fsdkaggle2018", "--baseline", "mixture", "--workdir", wd, "--out", out, "--quiet"]
 
@@ -61,47 +37,47 @@ def eval_args(wd, out):
 @pytest.mark.parametrize("toml,needle", [('roots = "/data"\n', "`roots` must be a table"),
                                          ("[roots]\nfsdkaggle2018 = 5\n", "must be a folder name"),
                                          ("[roots]\nfsdkaggle2018 = ['a']\n", "must be a folder name")])
-def test_toml_roots_of_the_wrong_type(tmp_path, capsys, monkeypatch, toml, needle):
+def test_toml_roots_of_the_wrong_type(tmp_path, cli_stderr, monkeypatch, toml, needle):
     """``roots = "/data"`` made ``dataset in roots`` a substring test, then a TypeError (exit 3)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("USS_BENCH_FSDKAGGLE2018_ROOT", raising=False)
     (tmp_path / "uss-bench.toml").write_text(toml)
-    code, err = run_cli(["build-mixtures", "fsdkaggle2018", "--workdir", tmp_path / "w", "-q"], capsys)
+    code, err = cli_stderr(["build-mixtures", "fsdkaggle2018", "--workdir", tmp_path / "w", "-q"])
     assert_one_line_error(code, err, "uss-bench.toml", needle)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "not_parquet", "empty"])
-def test_bad_manifest_file(wd, tmp_path, capsys, damage):
+def test_bad_manifest_file(wd, tmp_path, cli_stderr, damage):
     path = wd / SET / "manifest.parquet"
     data = path.read_bytes()
     path.write_bytes({"truncate": data[: len(data) // 2], "not_parquet": b"item_id,label\nx,y\n",
                       "empty": b""}[damage])
-    code, err = run_cli(eval_args(wd, tmp_path / "run"), capsys)
+    code, err = cli_stderr(eval_args(wd, tmp_path / "run"))
     assert_one_line_error(code, err, path, "not a Parquet file")
 
 
 @pytest.mark.parametrize("text,needle", [("{not json", "not valid JSON"), ("[1, 2]", "JSON list"),
                                          ('{"dataset": "fsdkaggle2018"}', "lacks split, digest, counts"),
                                          ("\xff\xfe", "not valid JSON")])
-def test_bad_build_json(wd, tmp_path, capsys, text, needle):
+def test_bad_build_json(wd, tmp_path, cli_stderr, text, needle):
     path = wd / SET / "build.json"
     path.write_bytes(text.encode("latin-1"))
-    code, err = run_cli(eval_args(wd, tmp_path / "run"), capsys)
+    code, err = cli_stderr(eval_args(wd, tmp_path / "run"))
     assert_one_line_error(code, err, path, needle)
 
 
-def test_out_naming_a_file(wd, tmp_path, capsys):
+def test_out_naming_a_file(wd, tmp_path, cli_stderr):
     """``--out FILE`` died in mkdir with NotADirectoryError (exit 3)."""
     (tmp_path / "afile").write_text("x")
     for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
-        code, err = run_cli(eval_args(wd, out), capsys)
+        code, err = cli_stderr(eval_args(wd, out))
         assert_one_line_error(code, err, "--out", "is a file, not a folder")
 
 
-def test_workdir_naming_a_file(dev_data, tmp_path, capsys):
+def test_workdir_naming_a_file(dev_data, tmp_path, cli_stderr):
     (tmp_path / "afile").write_text("x")
-    code, err = run_cli(["build-mixtures", "fsdkaggle2018", "--root", dev_data / "fsdkaggle2018", "--workdir",
-                         tmp_path / "afile", "-q"], capsys)
+    code, err = cli_stderr(["build-mixtures", "fsdkaggle2018", "--root", dev_data / "fsdkaggle2018", "--workdir",
+                            tmp_path / "afile", "-q"])
     assert_one_line_error(code, err, "--workdir", "is a file, not a folder")
 
 
@@ -134,16 +110,16 @@ def tmpfs(path, size="2m", readonly=False):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def test_full_disk_before_the_build(dev_data, tmp_path, capsys):
+def test_full_disk_before_the_build(dev_data, tmp_path, cli_stderr):
     """A 2 MB disk for a ≈ 21 MB set: refused up front with the numbers, nothing left behind."""
     with tmpfs(tmp_path / "small") as disk:
-        code, err = run_cli(["build-mixtures", "fsdkaggle2018", "--root", dev_data / "fsdkaggle2018", "--workdir",
-                             disk / "wd", "-q"], capsys)
+        code, err = cli_stderr(["build-mixtures", "fsdkaggle2018", "--root", dev_data / "fsdkaggle2018", "--workdir",
+                                disk / "wd", "-q"])
         assert_one_line_error(code, err, f"no space left on {disk}", "needs ≈ 21 MB")  # 40 × 2 × 64000 × 4 B
         assert not any((disk / "wd" / "mixtures" / "fsdkaggle2018").iterdir())
 
 
-def test_full_disk_during_the_build_keeps_the_previous_set(dev_data, tmp_path, capsys, monkeypatch):
+def test_full_disk_during_the_build_keeps_the_previous_set(dev_data, tmp_path, cli_stderr, monkeypatch):
     """The disk fills after the free-space check (bypassed here, as when another process writes meanwhile).
     Before the fix h5py's ENOSPC tracebacks were followed by a segfault (of this pytest process) when the
     failed HDF5 objects were released; now the file's bytes are reserved before HDF5 writes, the error is
@@ -154,20 +130,19 @@ def test_full_disk_during_the_build_keeps_the_previous_set(dev_data, tmp_path, c
         build_mixtures(dev_data / "fsdkaggle2018", disk / "wd", BuildOptions("fsdkaggle2018"))
         before = {p.name: p.read_bytes() for p in (disk / "wd" / SET).iterdir()}
         monkeypatch.setattr(mixtures, "check_free_space", lambda folder, needed: None)
-        code, err = run_cli(["build-mixtures", "fsdkaggle2018", "--root", dev_data / "fsdkaggle2018", "--workdir",
-                             disk / "wd", "--seed", "7", "-q"], capsys)
+        code, err = cli_stderr(["build-mixtures", "fsdkaggle2018", "--root", dev_data / "fsdkaggle2018", "--workdir",
+                                disk / "wd", "--seed", "7", "-q"])
         assert_one_line_error(code, err, f"no space left on {disk}", "needs ≈ 21 MB")
         assert sorted(p.name for p in (disk / "wd" / "mixtures" / "fsdkaggle2018").iterdir()) == ["test"]
         assert {p.name: p.read_bytes() for p in (disk / "wd" / SET).iterdir()} == before
 
 
-def test_read_only_output_folder(wd, tmp_path, capsys):
+def test_read_only_output_folder(wd, tmp_path, cli_stderr):
     """eval into a read-only file system: exit 2 naming the folder (was an internal error, exit 3)."""
     with tmpfs(tmp_path / "ro", readonly=True) as ro:
-        code, err = run_cli(eval_args(wd, ro / "run"), capsys)
+        code, err = cli_stderr(eval_args(wd, ro / "run"))
         assert_one_line_error(code, err, "read-only file system", ro / "run")
-    code, err = run_cli(["build-mixtures", "fsdkaggle2018", "--root", "/nonexistent", "--workdir", wd, "-q"],
-                        capsys)
+    code, err = cli_stderr(["build-mixtures", "fsdkaggle2018", "--root", "/nonexistent", "--workdir", wd, "-q"])
     assert code == EXIT_USAGE
     assert json.loads((wd / SET / "build.json").read_text())["counts"]["items"] == 40
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 
-from harness import cli
 from harness.datasets.audioset import AudioSet
 from harness.datasets.fsd50k import FSD50K
 from harness.datasets.fsdkaggle2018 import FSDKaggle2018
@@ -40,14 +39,7 @@ def edit_lines(path, edit):
     return lines
 
 
-def run_cli(args, capsys) -> tuple[int, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        cli.main([str(a) for a in args])
-    return exc.value.code, capsys.readouterr().err
-
-
-def test_fsdkaggle2018_duplicate_row(dev_data, tmp_path, capsys):
+def test_fsdkaggle2018_duplicate_row(dev_data, tmp_path, cli_stderr):
     """Five duplicated rows gave 45 items instead of 40; now the first duplicate's line is named."""
     root = clone(dev_data / "fsdkaggle2018", tmp_path / "root")
     n = len(FSDKaggle2018(root).clips("test"))
@@ -55,8 +47,7 @@ def test_fsdkaggle2018_duplicate_row(dev_data, tmp_path, capsys):
     fname = lines[1].split(",")[0]
     with pytest.raises(MetadataError, match=rf"line {len(lines) + 1}: clip {fname[:-4]} already listed on line 2"):
         FSDKaggle2018(root).clips("test")
-    code, err = run_cli(["build-mixtures", "fsdkaggle2018", "--root", root, "--workdir", tmp_path / "wd", "-q"],
-                        capsys)
+    code, err = cli_stderr(["build-mixtures", "fsdkaggle2018", "--root", root, "--workdir", tmp_path / "wd", "-q"])
     assert code == EXIT_USAGE and "already listed on line 2" in err and FSDK_TEST.split("/")[1] in err
     assert n == len(lines) - 1  # before the edit: one clip per data line
 
@@ -110,7 +101,7 @@ def test_slakh_stem_id_leaving_the_track(dev_data, tmp_path):
 
 
 @pytest.mark.parametrize("corpus", ["fsdkaggle2018", "fsd50k", "audioset", "slakh2100"])
-def test_latin1_metadata_is_a_metadata_error(dev_data, tmp_path, capsys, corpus):
+def test_latin1_metadata_is_a_metadata_error(dev_data, tmp_path, cli_stderr, corpus):
     """A csv/yaml saved as Latin-1 raised UnicodeDecodeError (a traceback, exit 1/3); now exit 2 naming the
     file and the line."""
     folder = {"fsdkaggle2018": "fsdkaggle2018", "fsd50k": "fsd50k", "audioset": "audioset",
@@ -123,15 +114,15 @@ def test_latin1_metadata_is_a_metadata_error(dev_data, tmp_path, capsys, corpus)
     second = data.index(b"\n") + 1
     path.unlink()
     path.write_bytes(data[:second] + data[second:].replace(b"\n", " caf\xe9\n".encode("latin-1"), 1))
-    code, err = run_cli(["build-mixtures", corpus, "--root", root, "--workdir", tmp_path / "wd", "-q"], capsys)
+    code, err = cli_stderr(["build-mixtures", corpus, "--root", root, "--workdir", tmp_path / "wd", "-q"])
     assert code == EXIT_USAGE, err
     assert f"{path.name} line 2: byte 0xe9" in err and "not UTF-8" in err
 
 
-def test_slakh_root_given_as_musdb_is_a_layout_error(dev_data, capsys, tmp_path):
+def test_slakh_root_given_as_musdb_is_a_layout_error(dev_data, cli_stderr, tmp_path):
     """It said "track folder … has no vocals.wav" (a MetadataError about one track); now: wrong layout."""
     with pytest.raises(LayoutError, match="MUSDB18-HQ root .*wrong layout.*look like Slakh2100"):
         MUSDB18(dev_data / "slakh2100").tracks("test")
-    code, err = run_cli(["build-mixtures", "musdb18", "--root", dev_data / "slakh2100", "--workdir",
-                         tmp_path / "wd", "-q"], capsys)
+    code, err = cli_stderr(["build-mixtures", "musdb18", "--root", dev_data / "slakh2100", "--workdir",
+                            tmp_path / "wd", "-q"])
     assert code == EXIT_USAGE and "wrong layout" in err

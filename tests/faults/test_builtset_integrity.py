@@ -16,62 +16,37 @@ import pandas as pd
 import pytest
 import soundfile
 
-from harness import cli
 from harness.errors import EXIT_USAGE
 from harness.mixtures import BuildOptions, build_mixtures, verify_build
 
 SET = "mixtures/fsdkaggle2018/test"
 
 
-def run_cli(args, capsys) -> tuple[int, str]:
-    """``uss-bench ARGS`` in-process: ``(exit code, stderr)``."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        cli.main([str(a) for a in args])
-    return exc.value.code, capsys.readouterr().err
-
-
 def eval_args(wd, out, dataset="fsdkaggle2018"):
     return ["eval", dataset, "--baseline", "mixture", "--workdir", wd, "--out", out, "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def built(dev_data, tmp_path_factory):
-    """The 40-item FSDKaggle2018 dev set."""
-    wd = tmp_path_factory.mktemp("built")
-    build_mixtures(dev_data / "fsdkaggle2018", wd, BuildOptions("fsdkaggle2018"))
-    return wd
-
-
-@pytest.fixture()
-def wd(built, tmp_path):
-    """A private copy of the built set."""
-    dst = tmp_path / "wd"
-    shutil.copytree(built, dst)
-    return dst
-
-
-def test_untampered_set_evaluates(wd, tmp_path, capsys):
-    code, err = run_cli(eval_args(wd, tmp_path / "run"), capsys)
+def test_untampered_set_evaluates(wd, tmp_path, cli_stderr):
+    code, err = cli_stderr(eval_args(wd, tmp_path / "run"))
     assert code == 0, err
     items = pd.read_parquet(tmp_path / "run" / "items.parquet")
     assert len(items) == 40 and (items["status"] == "ok").all()
 
 
-def test_dropped_manifest_rows_are_refused_naming_the_item(wd, tmp_path, capsys):
+def test_dropped_manifest_rows_are_refused_naming_the_item(wd, tmp_path, cli_stderr):
     """Defect 2: two rows dropped from the manifest; without the check 31 of 38 items were scored against
     another item's audio with status ok. Now: exit 2, the counts and the first item out of place."""
     path = wd / SET / "manifest.parquet"
     m = pd.read_parquet(path)
     m.drop(index=[5, 20]).reset_index(drop=True).to_parquet(path, index=False)
-    code, err = run_cli(eval_args(wd, tmp_path / "run"), capsys)
+    code, err = cli_stderr(eval_args(wd, tmp_path / "run"))
     assert code == EXIT_USAGE, err
     assert "manifest.parquet has 38 rows" in err and "mixtures.h5 has 40 rows" in err
     assert f"first item out of place is {m['item_id'].iloc[6]} (manifest row 5)" in err
     assert not (tmp_path / "run" / "items.parquet").exists()
 
 
-def test_dropped_rows_with_matching_counts_still_refused(wd, tmp_path, capsys):
+def test_dropped_rows_with_matching_counts_still_refused(wd, tmp_path, cli_stderr):
     """Defect 2 with build.json's count edited too: the digest no longer matches."""
     path = wd / SET / "manifest.parquet"
     pd.read_parquet(path).drop(index=[5, 20]).to_parquet(path, index=False)
@@ -84,12 +59,12 @@ def test_dropped_rows_with_matching_counts_still_refused(wd, tmp_path, capsys):
     build = json.loads(bj.read_text())
     build["counts"]["items"] = 38
     bj.write_text(json.dumps(build))
-    code, err = run_cli(eval_args(wd, tmp_path / "run"), capsys)
+    code, err = cli_stderr(eval_args(wd, tmp_path / "run"))
     assert code == EXIT_USAGE and "digest" in err, err
 
 
 @pytest.mark.parametrize("tamper", ["swap", "nan", "flip"])
-def test_tampered_hdf5_rows_are_refused_naming_the_item(wd, tmp_path, capsys, tamper):
+def test_tampered_hdf5_rows_are_refused_naming_the_item(wd, tmp_path, cli_stderr, tamper):
     """Defect 3: swapped rows, a NaN in a mixture, one changed sample: the row's sha256 is checked as read."""
     m = pd.read_parquet(wd / SET / "manifest.parquet")
     with h5py.File(wd / SET / "mixtures.h5", "r+") as h5:
@@ -101,42 +76,42 @@ def test_tampered_hdf5_rows_are_refused_naming_the_item(wd, tmp_path, capsys, ta
             mix[3, 1000] = np.nan
         else:
             h5["target"][3, 10] = -h5["target"][3, 10] + 0.5
-    code, err = run_cli(eval_args(wd, tmp_path / "run"), capsys)
+    code, err = cli_stderr(eval_args(wd, tmp_path / "run"))
     assert code == EXIT_USAGE, err
     which = "target" if tamper == "flip" else "mixture"
     assert f"the {which} of item {m['item_id'].iloc[3]} (row 3) does not match its manifest hash" in err
 
 
 @pytest.mark.parametrize("field,value", [("dataset", "fsd50k"), ("split", "train"), ("digest", "0" * 64)])
-def test_edited_build_json_is_refused(wd, tmp_path, capsys, field, value):
+def test_edited_build_json_is_refused(wd, tmp_path, cli_stderr, field, value):
     bj = wd / SET / "build.json"
     build = json.loads(bj.read_text())
     build[field] = value
     bj.write_text(json.dumps(build))
-    code, err = run_cli(eval_args(wd, tmp_path / "run"), capsys)
+    code, err = cli_stderr(eval_args(wd, tmp_path / "run"))
     assert code == EXIT_USAGE and "build.json" in err, err
     assert field in err
 
 
-def test_edited_per_class_label_in_build_json_is_refused(wd, tmp_path, capsys):
+def test_edited_per_class_label_in_build_json_is_refused(wd, tmp_path, cli_stderr):
     bj = wd / SET / "build.json"
     build = json.loads(bj.read_text())
     per_class = build["counts"]["per_class"]
     first = next(k for k, v in per_class.items() if v.get("items"))
     per_class["Not a label"] = per_class.pop(first)
     bj.write_text(json.dumps(build))
-    code, err = run_cli(eval_args(wd, tmp_path / "run"), capsys)
+    code, err = cli_stderr(eval_args(wd, tmp_path / "run"))
     assert code == EXIT_USAGE and "per-class counts" in err and repr(first) in err, err
 
 
 @pytest.mark.parametrize("column,value", [("label", "Bark"), ("split", "train"), ("interferer_gain", 1.0),
                                           ("dataset", "fsd50k")])
-def test_edited_manifest_column_is_refused(wd, tmp_path, capsys, column, value):
+def test_edited_manifest_column_is_refused(wd, tmp_path, cli_stderr, column, value):
     path = wd / SET / "manifest.parquet"
     m = pd.read_parquet(path)
     m.loc[4, column] = value
     m.to_parquet(path, index=False)
-    code, err = run_cli(eval_args(wd, tmp_path / "run"), capsys)
+    code, err = cli_stderr(eval_args(wd, tmp_path / "run"))
     assert code == EXIT_USAGE and "manifest.parquet" in err, err
 
 
@@ -167,7 +142,7 @@ def copy_musdb(dev_data, dst, tracks=2):
     return dst
 
 
-def test_whole_track_file_edited_after_build_is_refused(dev_data, tmp_path, capsys):
+def test_whole_track_file_edited_after_build_is_refused(dev_data, tmp_path, cli_stderr):
     """Defect 3: a stem edited after the build in place (same size → only its sha256 tells), and one cut
     (its size changes → the fingerprint on open tells)."""
     root = copy_musdb(dev_data, tmp_path / "musdb")
@@ -177,17 +152,17 @@ def test_whole_track_file_edited_after_build_is_refused(dev_data, tmp_path, caps
     data = bytearray((track / "drums.flac").read_bytes())
     data[len(data) // 2] ^= 0xFF  # one byte of audio data: same size, other bytes
     (track / "drums.flac").write_bytes(bytes(data))
-    code, err = run_cli(eval_args(wd, tmp_path / "run", "musdb18"), capsys)
+    code, err = cli_stderr(eval_args(wd, tmp_path / "run", "musdb18"))
     assert code == EXIT_USAGE, err
     assert "drums.flac" in err and track.name in err
     x, sr = soundfile.read(track / "bass.flac", dtype="float32")
     soundfile.write(track / "bass.flac", x[: len(x) // 4], sr, format="FLAC")
-    code, err = run_cli(eval_args(wd, tmp_path / "run2", "musdb18"), capsys)
+    code, err = cli_stderr(eval_args(wd, tmp_path / "run2", "musdb18"))
     assert code == EXIT_USAGE and "differ from those the set" in err, err
     assert f"the first changed file is {track / 'drums.flac'} (item {track.name}/drums)" in err  # drums: edited too
 
 
-def test_whole_track_length_mismatch_is_a_status(dev_data, tmp_path, capsys):
+def test_whole_track_length_mismatch_is_a_status(dev_data, tmp_path, cli_stderr):
     """Defect 6: a stem a quarter the length of its mixture was cut with ``n = min(...)`` and scored ok."""
     root = copy_musdb(dev_data, tmp_path / "musdb", tracks=1)
     track = next((root / "test").iterdir())
@@ -195,7 +170,7 @@ def test_whole_track_length_mismatch_is_a_status(dev_data, tmp_path, capsys):
     soundfile.write(track / "bass.flac", x[: len(x) // 4], sr, format="FLAC")
     wd = tmp_path / "wd"
     build_mixtures(root, wd, BuildOptions("musdb18"))
-    code, err = run_cli(eval_args(wd, tmp_path / "run", "musdb18"), capsys)
+    code, err = cli_stderr(eval_args(wd, tmp_path / "run", "musdb18"))
     assert code == 0, err
     items = pd.read_parquet(tmp_path / "run" / "items.parquet").set_index("item_id")
     assert items.loc[f"{track.name}/bass", "status"] == "length_mismatch"
