@@ -20,17 +20,22 @@ from harness.models.resunet import ResUNet30
 SMALL = dict(channels=(4, 8, 8, 16, 16, 16), n_fft=384)
 
 
-def _model(seed: int = 0, condition_size: int = 527) -> ResUNet30:
-    torch.manual_seed(seed)
-    model = ResUNet30(condition_size, **SMALL)
+def _randomise_batchnorms(net: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters (fresh ones are the identity, which a broken
+    fold would pass), in place; returns ``net`` in eval mode."""
     with torch.no_grad():
-        for mod in model.modules():
+        for mod in net.modules():
             if isinstance(mod, torch.nn.BatchNorm2d):
                 mod.running_mean.uniform_(-0.5, 0.5)
                 mod.running_var.uniform_(0.5, 2.0)
                 mod.weight.uniform_(0.5, 1.5)
                 mod.bias.uniform_(-0.2, 0.2)
-    return model.eval()
+    return net.eval()
+
+
+def _model(seed: int = 0, condition_size: int = 527) -> ResUNet30:
+    torch.manual_seed(seed)
+    return _randomise_batchnorms(ResUNet30(condition_size, **SMALL))
 
 
 def _inputs(batch: int = 3, length: int = 16000, seed: int = 1):
@@ -206,15 +211,7 @@ def test_query_net_fast_path_matches_the_plain_cnn14():
     from harness.models import Cnn14, embed
 
     torch.manual_seed(11)
-    net = Cnn14()
-    with torch.no_grad():
-        for mod in net.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.uniform_(-0.5, 0.5)
-                mod.running_var.uniform_(0.5, 2.0)
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.uniform_(-0.2, 0.2)
-    net.eval()
+    net = _randomise_batchnorms(Cnn14())
     x = 0.1 * torch.randn(2, 64000, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         ref = net(x)
