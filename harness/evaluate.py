@@ -404,12 +404,15 @@ def _plan(n: int, virtual: bool, batch_size: int, ranks: Ranks) -> list[np.ndarr
 
 
 def _read_units(evalset: EvalSet, manifest: pd.DataFrame, cfg: dict, plan: list[tuple[np.ndarray, np.ndarray]],
-                skip: dict[str, str], system_rate: int | None = None) -> Iterator[_Unit]:
+                skip: dict[str, str], system_rate: int | None = None, system_target: bool = True
+                ) -> Iterator[_Unit]:
     """Read the audio of each planned unit (runs in the reader thread). Unscorable items are not read.
 
     ``unit.mix`` / ``unit.ref`` are at the set's rate (scoring). When ``system_rate`` differs, ``unit.sys_mix``
     / ``unit.sys_ref`` hold the system's input at its rate: whole-file items read from the corpus file at
-    that rate (one resampling of the original), fixed-length items resampled from their 32-kHz rows (soxr HQ).
+    that rate (one resampling of the original), fixed-length items resampled from their 32-kHz rows (soxr HQ);
+    ``unit.sys_ref`` only with ``system_target`` (an oracle system, or the oracle query mode: what the
+    system may see), else ``None``.
     """
     set_rate = int(cfg["sample_rate"])
     other = system_rate is not None and int(system_rate) != set_rate
@@ -436,11 +439,13 @@ def _read_units(evalset: EvalSet, manifest: pd.DataFrame, cfg: dict, plan: list[
                 unit.mix, unit.ref = mix[None], ref[None]
                 if other:
                     smix = corpus.read(AudioRef(evalset.corpus_root / row["mixture_file"]), system_rate)
-                    sref = corpus.read(AudioRef(evalset.corpus_root / row["target_file"]), system_rate)
-                    unit.sys_mix, unit.sys_ref = smix[None], sref[None]
+                    unit.sys_mix = smix[None]
+                    if system_target:
+                        sref = corpus.read(AudioRef(evalset.corpus_root / row["target_file"]), system_rate)
+                        unit.sys_ref = sref[None]
         if other and corpus is None and unit.mix is not None:
             unit.sys_mix = _resample_rows(unit.mix, set_rate, system_rate)
-            unit.sys_ref = _resample_rows(unit.ref, set_rate, system_rate)
+            unit.sys_ref = _resample_rows(unit.ref, set_rate, system_rate) if system_target else None
         unit.seconds = time.perf_counter() - t0
         yield unit
 
@@ -546,7 +551,7 @@ def _separate(system: System, unit: _Unit, condition: str, shots: ShotBank | Non
     t0 = time.perf_counter()
     src_mix, src_ref = (unit.mix, unit.ref) if unit.sys_mix is None else (unit.sys_mix, unit.sys_ref)
     mix, ref, items = (src_mix, src_ref, unit.items) if keep.all() else \
-        (src_mix[keep], src_ref[keep], unit.items[keep])
+        (src_mix[keep], None if src_ref is None else src_ref[keep], unit.items[keep])
     est = call_separate(system, mix, ref, items, condition, shots)
     if unit.sys_mix is not None:  # back to the set's rate (and length) for scoring; metrics resample further
         est = _resample_rows(est, int(system.sample_rate), int(unit.set_rate), unit.mix.shape[1])
@@ -639,7 +644,9 @@ def _pipeline(system: System, evalset: EvalSet, manifest: pd.DataFrame, cfg: dic
         skip.update({i: "no_query" for i, label in zip(planned["item_id"], planned["label"], strict=True)
                      if not shots.groups.get(label) and i not in skip})
     group_size = pool.jobs if evalset.virtual else 1
-    reader = _prefetch(_read_units(evalset, manifest, cfg, plan, skip, int(system.sample_rate)),
+    # the target at the system's rate only where the system may see it (is_oracle, or the oracle query)
+    reader = _prefetch(_read_units(evalset, manifest, cfg, plan, skip, int(system.sample_rate),
+                                   system.is_oracle or condition == "oracle"),
                        max(PREFETCH, group_size))
     pending = None
 
