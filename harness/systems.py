@@ -140,7 +140,7 @@ class OracleIRM(System):
 
 
 BASELINES: dict[str, Callable[[], System]] = {"mixture": MixtureBaseline, "oracle-irm": OracleIRM}
-"""The two baselines by ``--baseline`` name."""
+"""The two baselines by ``--baseline`` name; each is also registered under that name (``--system NAME``)."""
 
 CONDITIONS = ("average", "oracle")
 """Query conditions of a :class:`CheckpointSystem` (``eval --condition``): eq. 9 and eq. 11."""
@@ -328,8 +328,8 @@ def _uss_factory(checkpoint: str, workdir: str, condition: str = "average", devi
     return CheckpointSystem(checkpoint, workdir=workdir, condition=condition, device=device, batch_size=batch_size)
 
 
-register_system("mixture")(MixtureBaseline)
-register_system("oracle-irm")(OracleIRM)
+for _name, _cls in BASELINES.items():  # the baselines are registered under their --baseline names
+    register_system(_name)(_cls)
 register_system("uss", description=CheckpointSystem.description, query_modes=CONDITIONS,
                 sample_rate=SAMPLE_RATE)(_uss_factory)
 
