@@ -95,7 +95,7 @@ def _run_jsons(run_dir: Path, items: pd.DataFrame) -> dict[str, dict]:
 
 def results(run_dir: str | Path, items: pd.DataFrame | None = None) -> dict[str, Any]:
     """The ``results.json`` content of a run or report folder (see the module docstring)."""
-    from harness.reports import TABLE2, aggregate, aggregate_kind, load_items, table2_cells
+    from harness.reports import TABLE2, aggregate, aggregate_kind, cell_condition, load_items, table2_cells
 
     run_dir = Path(run_dir)
     items = load_items(run_dir) if items is None else items
@@ -106,8 +106,6 @@ def results(run_dir: str | Path, items: pd.DataFrame | None = None) -> dict[str,
         cells = table2_cells(sub_sys)
         sources = {}
         for key, _, dataset, metric, prefs, _how in TABLE2:
-            from harness.reports import cell_condition
-
             cond = cell_condition(sub_sys[sub_sys["dataset"] == dataset], prefs)
             if cond is not None and cells[key][2]:
                 sources.setdefault((dataset, cond, metric), []).append(key)
