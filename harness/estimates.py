@@ -17,7 +17,6 @@ row, an unreadable one (or one with more than one channel) a ``corrupt_estimate`
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,11 +53,11 @@ def estimates_dir(run_dir: str | Path, dataset: str, condition: str | None = Non
 def write_estimate(folder: Path, item_id: str, estimate: np.ndarray, sample_rate: int) -> Path:
     """Write ``<folder>/<item_id>.wav``: float32 ``(L,)`` as mono 32-bit float WAV, atomically (temp name,
     then rename). Returns the path."""
+    from harness.datasets.store import atomic_write
+
     path = folder / f"{item_id}.wav"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.wav")
-    sf.write(tmp, np.asarray(estimate, dtype=np.float32), sample_rate, subtype="FLOAT", format="WAV")
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: sf.write(tmp, np.asarray(estimate, dtype=np.float32), sample_rate,
+                                            subtype="FLOAT", format="WAV"))
     return path
 
 

@@ -495,13 +495,10 @@ def render_report(run_dir: str | Path) -> Report:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a binary file through a temporary name and a rename."""
-    import os
+    """Write a binary file through a temporary name and a rename (:func:`harness.datasets.store.atomic_write`)."""
+    from harness.datasets.store import atomic_write
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def per_class_markdown(items: pd.DataFrame) -> str:

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,28 +215,30 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     remove_stale_temps(final.parent)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file through a temporary name and a rename."""
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """Write ``path`` through a temporary name beside it (``.<name>.tmp-<PID>``, which
+    :mod:`harness.tempfiles` sweeps when its writer died) and a rename: ``write(tmp)`` writes the file.
+
+    On any exception (a full disk, an interrupt) the temporary file is removed and ``path`` is left as it was.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, an interrupt: no half-written temporary file stays behind
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
-    """Write a Parquet file (pyarrow) through a temporary name and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        df.to_parquet(tmp, index=False, engine="pyarrow")
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file through a temporary name and a rename (:func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
+    """Write a Parquet file (pyarrow) through a temporary name and a rename (:func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False, engine="pyarrow"))
 
 
 @dataclass
