@@ -226,7 +226,6 @@ def _version(model: nn.Module) -> tuple:
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_PREPARE = prepare_for_inference  # the preparation checked_forward uses (tests swap in a broken one)
 
 
 def _preparer(model: nn.Module):
@@ -234,9 +233,9 @@ def _preparer(model: nn.Module):
     from harness.models.panns import _Cnn14Body
 
     if isinstance(model, ResUNet30):
-        return _PREPARE
+        return prepare_for_inference  # looked up at call time: tests swap in a broken preparation
     if isinstance(model, _Cnn14Body):
-        return _PREPARE_QUERY_NET
+        return prepare_query_net
     return None
 
 
@@ -354,9 +353,6 @@ def prepare_query_net(model: nn.Module) -> nn.Module:
         p.requires_grad_(False)
     prepared.fast_prepared = True
     return prepared
-
-
-_PREPARE_QUERY_NET = prepare_query_net
 
 
 BATCH_CANDIDATES = {"cpu": (1, 2, 4, 8, 16), "cuda": (8, 16, 32, 64, 128)}

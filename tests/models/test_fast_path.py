@@ -83,54 +83,48 @@ def test_relative_difference_hand_worked():
     assert fast.relative_difference(torch.zeros(2), torch.zeros(2)) == 0.0
 
 
-def test_checked_forward_records_the_figure_and_caches():
+def test_checked_forward_records_the_figure_and_caches(monkeypatch):
     model = _model()
     x, c = _inputs()
     calls = []
+    real = fast.prepare_for_inference
 
     def counting(m):
         calls.append(1)
-        return fast.prepare_for_inference(m)
+        return real(m)
 
-    old = fast._PREPARE
-    fast._PREPARE = counting
-    try:
-        first = fast.checked_forward(model, x, c)
-        second = fast.checked_forward(model, x, c)
-        assert len(calls) == 1 and torch.equal(first, second)
-        report = model.inference_report
-        assert report["fast_path"] is True and 0 <= report["fidelity_max_rel_diff"] <= 1e-5
-        assert report["fidelity_limit"] == fast.FIDELITY_LIMIT and report["memory_format"] == "channels_last"
-        with torch.no_grad():  # new weights (a training step): prepared and checked again
-            model.encoder_block1.conv_block1.conv1.weight.mul_(1.01)
-        fast.checked_forward(model, x, c)
-        assert len(calls) == 2
-    finally:
-        fast._PREPARE = old
+    monkeypatch.setattr(fast, "prepare_for_inference", counting)
+    first = fast.checked_forward(model, x, c)
+    second = fast.checked_forward(model, x, c)
+    assert len(calls) == 1 and torch.equal(first, second)
+    report = model.inference_report
+    assert report["fast_path"] is True and 0 <= report["fidelity_max_rel_diff"] <= 1e-5
+    assert report["fidelity_limit"] == fast.FIDELITY_LIMIT and report["memory_format"] == "channels_last"
+    with torch.no_grad():  # new weights (a training step): prepared and checked again
+        model.encoder_block1.conv_block1.conv1.weight.mul_(1.01)
+    fast.checked_forward(model, x, c)
+    assert len(calls) == 2
 
 
-def test_checked_forward_refuses_a_broken_preparation():
+def test_checked_forward_refuses_a_broken_preparation(monkeypatch):
     """A preparation that mis-folds one BatchNorm (scale applied twice) is caught on the first batch."""
     model = _model()
     x, c = _inputs()
+    real = fast.prepare_for_inference
 
     def broken(m):
-        prepared = fast.prepare_for_inference(m)
+        prepared = real(m)
         w = prepared.decoder_block3.conv_block2.conv1_weight
         scale, _ = fast._bn_affine(m.decoder_block3.conv_block2.bn2)
         w.mul_(scale[:, None, None, None])
         return prepared
 
-    old = fast._PREPARE
-    fast._PREPARE = broken
-    try:
-        with pytest.raises(fast.FastPathError, match="differs from the plain float32 model") as info:
-            separate_batch(model, x[:, 0].numpy(), c.numpy(), batch_size=2)
-        assert isinstance(info.value, UssBenchError)  # the CLI shows one line, exit 2
-        assert model.inference_report["fidelity_max_rel_diff"] > fast.FIDELITY_LIMIT
-        assert model not in fast._CACHE  # never used after the refusal
-    finally:
-        fast._PREPARE = old
+    monkeypatch.setattr(fast, "prepare_for_inference", broken)
+    with pytest.raises(fast.FastPathError, match="differs from the plain float32 model") as info:
+        separate_batch(model, x[:, 0].numpy(), c.numpy(), batch_size=2)
+    assert isinstance(info.value, UssBenchError)  # the CLI shows one line, exit 2
+    assert model.inference_report["fidelity_max_rel_diff"] > fast.FIDELITY_LIMIT
+    assert model not in fast._CACHE  # never used after the refusal
 
 
 def test_separate_batch_fast_equals_plain(monkeypatch):
