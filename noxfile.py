@@ -17,7 +17,8 @@ CONSTRAINTS = "constraints.txt"
 
 
 def _install(session: nox.Session) -> None:
-    session.install("-c", CONSTRAINTS, "-e", ".[test,dfn]")  # dfn: the deepfilternet3 system's tests run in CI
+    # dfn: the deepfilternet3 system's tests run in CI; dnsmos: so do the DNSMOS metric's
+    session.install("-c", CONSTRAINTS, "-e", ".[test,dfn,dnsmos]")
 
 
 def _ensure_debian(session: nox.Session, package: str, present: bool, needed_for: str) -> None:
