@@ -54,6 +54,7 @@ from harness.metrics import (
 __all__ = [
     "SPEECH_SAMPLE_RATE",
     "KEEP_FRACTION",
+    "FRAME_CHUNK",
     "STATUS_COMPOSITE_TOO_SHORT",
     "STATUS_COMPOSITE_LLR_UNDEFINED",
     "COMPOSITE_STATUSES",
@@ -156,8 +157,15 @@ def _to_16k(x: np.ndarray, sr: int) -> np.ndarray:
     return soxr.resample(x, sr, SPEECH_SAMPLE_RATE, quality="HQ")
 
 
-def _frames(x: np.ndarray, sr: int) -> np.ndarray:
-    """Windowed analysis frames of Loizou's measures: ``(frames, N)`` float64.
+FRAME_CHUNK = 1024
+"""Frames per block in :func:`_frame_pairs` (at 16 kHz ~ 8 MB per windowed block, 16 MB per FFT block):
+memory stays bounded for long signals, and the block size is fixed, so a frame's value does not depend on
+the signal's length."""
+
+
+def _frame_pairs(r: np.ndarray, e: np.ndarray, sr: int):
+    """Windowed analysis frames of Loizou's measures for ``r`` and ``e``, in blocks of at most
+    :data:`FRAME_CHUNK` frames: yields float64 ``(frames, N)`` pairs.
 
     ``N = round(30 ms · sr)``, hop ``floor(N / 4)``, ``floor(L/hop − N/hop)`` frames (the last whole frame
     is dropped, as in ``comp_snr``), window ``0.5·(1 − cos(2π n/(N+1)))``, ``n = 1..N`` (see
@@ -170,12 +178,15 @@ def _frames(x: np.ndarray, sr: int) -> np.ndarray:
     hop = n // 4
     if n < 4:
         raise ValueError(f"sample_rate {sr} Hz is too low for 30-ms frames (frame of {n} samples)")
-    count = int(math.floor(x.shape[0] / hop - n / hop))
+    count = int(math.floor(r.shape[0] / hop - n / hop))
     if count < 1:
-        raise ValueError(f"signals of {x.shape[0]} samples are too short at {sr} Hz: need at least "
+        raise ValueError(f"signals of {r.shape[0]} samples are too short at {sr} Hz: need at least "
                          f"{n + hop} samples ({n}-sample frames, hop {hop}, last frame dropped)")
     window = 0.5 * (1.0 - np.cos(2.0 * np.pi * np.arange(1, n + 1) / (n + 1)))
-    return sliding_window_view(x, n)[::hop][:count] * window
+    vr, ve = sliding_window_view(r, n)[::hop], sliding_window_view(e, n)[::hop]
+    for f0 in range(0, count, FRAME_CHUNK):
+        f1 = min(f0 + FRAME_CHUNK, count)
+        yield vr[f0:f1] * window, ve[f0:f1] * window
 
 
 def _lowest_mean(values: np.ndarray) -> float:
@@ -217,7 +228,11 @@ def _lpc(r: np.ndarray) -> np.ndarray:
 def _llr_frames(r: np.ndarray, e: np.ndarray, sr: int) -> np.ndarray:
     """Per-frame LLR ``log( a_e R_r a_eᵀ / a_r R_r a_rᵀ )`` (Hu & Loizou 2008, eq. 3), ``(frames,)``."""
     order = 10 if sr < 10000 else 16  # Loizou: LPC order 10 at 8 kHz, 16 at 16 kHz
-    fr, fe = _frames(r, sr), _frames(e, sr)
+    return np.concatenate([_llr_block(fr, fe, order) for fr, fe in _frame_pairs(r, e, sr)])
+
+
+def _llr_block(fr: np.ndarray, fe: np.ndarray, order: int) -> np.ndarray:
+    """LLR of each pair of windowed frames ``(frames, N)`` with LPC models of ``order``."""
     rr = _autocorrelation(fr, order)
     ar, ae = _lpc(rr), _lpc(_autocorrelation(fe, order))
     lag = np.abs(np.arange(order + 1)[:, None] - np.arange(order + 1)[None, :])
@@ -316,18 +331,22 @@ def _slopes_and_weights(energy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _wss_frames(r: np.ndarray, e: np.ndarray, sr: int) -> np.ndarray:
-    fr, fe = _frames(r, sr), _frames(e, sr)
-    n_fft = 1 << int(math.ceil(math.log2(2 * fr.shape[1])))  # MATLAB 2^nextpow2(2·N): 1024 at 16 kHz
+    """Per-frame WSS distance (Hu & Loizou 2008, eq. 4), ``(frames,)``."""
+    n = int(math.floor(30.0 * sr / 1000.0 + 0.5))
+    n_fft = 1 << int(math.ceil(math.log2(2 * n)))  # MATLAB 2^nextpow2(2·N): 1024 at 16 kHz
     filt = _crit_filters(sr, n_fft)
 
     def band_db(frames):
         spec = np.abs(np.fft.rfft(frames, n_fft, axis=1)[:, : n_fft // 2]) ** 2
         return 10.0 * np.log10(np.maximum(spec @ filt.T, 1e-10))
 
-    sr_, wr = _slopes_and_weights(band_db(fr))
-    se, we = _slopes_and_weights(band_db(fe))
-    w = 0.5 * (wr + we)
-    return np.sum(w * (sr_ - se) ** 2, axis=1) / np.sum(w, axis=1)
+    out = []
+    for fr, fe in _frame_pairs(r, e, sr):
+        sr_, wr = _slopes_and_weights(band_db(fr))
+        se, we = _slopes_and_weights(band_db(fe))
+        w = 0.5 * (wr + we)
+        out.append(np.sum(w * (sr_ - se) ** 2, axis=1) / np.sum(w, axis=1))
+    return np.concatenate(out)
 
 
 def wss(ref, est, sample_rate: int) -> float:

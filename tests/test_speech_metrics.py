@@ -195,6 +195,18 @@ def test_llr_and_wss_ignore_the_level():
     assert abs(S.wss(x, 0.5 * x, 16000)) < 1e-9
 
 
+def test_frame_blocks_do_not_change_the_values(monkeypatch):
+    """LLR and WSS frames are computed FRAME_CHUNK at a time (bounded memory); blocks of 7 frames give
+    the same frame values up to float rounding of the batched products."""
+    x = _speechlike(1.0)
+    y = x + 0.02 * np.random.default_rng(2).standard_normal(x.shape)
+    whole_llr, whole_wss = S._llr_frames(x, y, 16000), S._wss_frames(x, y, 16000)
+    monkeypatch.setattr(S, "FRAME_CHUNK", 7)
+    np.testing.assert_allclose(S._llr_frames(x, y, 16000), whole_llr, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(S._wss_frames(x, y, 16000), whole_wss, rtol=0, atol=1e-10)
+    assert whole_llr.shape == (int(16000 / 120 - 4),)
+
+
 def test_composite_from_components_worked_values():
     v = S.composite_from_components(0.0, 0.0, 0.0, 1.0)
     assert v["csig"] == pytest.approx(3.093 + 0.603)
