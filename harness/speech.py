@@ -93,15 +93,20 @@ COMPOSITE_STATUSES = tuple(dict.fromkeys(
 
 STATUS_STOI_TOO_SHORT = "stoi_too_short"
 STOI_STATUSES = ("length_mismatch", "ref_nonfinite", "est_nonfinite", "ref_silent", STATUS_STOI_TOO_SHORT)
-"""Failure statuses of :func:`stoi`; ``"stoi_too_short"``: fewer than 30 non-silent 25.6-ms frames of
-the reference (384 ms of speech at 10 kHz) are left after pystoi's silent-frame removal; pystoi then warns
-and returns 1e-5, which is not a score."""
+"""Failure statuses of :func:`stoi`; ``"stoi_too_short"``: fewer than 30 non-silent 25.6-ms frames
+(hop 12.8 ms) of the reference are left after pystoi's silent-frame removal (pystoi then warns and returns
+1e-5, which is not a score), or the signal is shorter than 30 frames (0.3968 s) to begin with."""
 
 STATUS_DNSMOS_OUT_OF_RANGE = "dnsmos_out_of_range"
 DNSMOS_STATUSES = ("est_nonfinite", STATUS_DNSMOS_OUT_OF_RANGE)
 """Failure statuses of :func:`dnsmos`; ``"dnsmos_out_of_range"``: a sample of the (16-kHz) estimate lies
 outside [−1, 1], which ``speechmos`` refuses (the model was trained on full-scale-bounded audio; the
 estimate is not rescaled here because DNSMOS depends on the level)."""
+
+_STOI_RATE = 10000
+_STOI_MIN_SAMPLES = 256 + 29 * 128
+"""pystoi's rate (Hz) and the samples at that rate of 30 frames of 256 with hop 128: a shorter signal can
+never have the 30 frames STOI needs (and under one frame pystoi raises instead of warning)."""
 
 _NAN = float("nan")
 
@@ -493,6 +498,8 @@ def stoi(ref, est, mix, sample_rate: int, *,
     status = check_signals(r, e)
     if status != STATUS_OK:
         return nan, status
+    if r.shape[0] * _STOI_RATE < _STOI_MIN_SAMPLES * sr:  # pystoi raises AxisError below one frame
+        return nan, STATUS_STOI_TOO_SHORT
     values = {}
     for name, extended in (("stoi", False), ("estoi", True)):
         with warnings.catch_warnings(record=True) as caught:

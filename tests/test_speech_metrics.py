@@ -291,10 +291,15 @@ def test_stoi_equals_pystoi_and_matlab(speech_case, case):
 
 
 def test_stoi_statuses():
-    x = _speechlike(0.3)  # 0.3 s: fewer than 30 non-silent frames at 10 kHz
-    values, status = S.stoi(x, x, None, 16000)
-    assert status == "stoi_too_short" and all(math.isnan(v) for v in values.values())
-    values, status = S.stoi(np.zeros(16000), _speechlike(1.0), None, 16000)
+    x = _speechlike(1.0)
+    for n in (10, 256, 6348):  # under one frame pystoi raises AxisError; 6348 samples = 0.39675 s < 30 frames
+        values, status = S.stoi(x[:n], x[:n], None, 16000)
+        assert status == "stoi_too_short" and all(math.isnan(v) for v in values.values())
+    # 2 s, of which 0.2 s is within 40 dB of the peak: pystoi drops the rest as silent, < 30 frames remain
+    quiet = 1e-4 * _speechlike(2.0, seed=4)
+    quiet[8000:11200] = x[:3200]
+    assert S.stoi(quiet, quiet, None, 16000)[1] == "stoi_too_short"
+    values, status = S.stoi(np.zeros(16000), x, None, 16000)
     assert status == "ref_silent" and status in S.STOI_STATUSES
 
 
