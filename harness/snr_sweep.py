@@ -255,3 +255,43 @@ def run_sweep(system, opts, snrs: list[float], progress=None, ranks=None) -> dic
         cb = (lambda d, done, total, s=snr: progress(f"{d} snr {s:+g}", done, total)) if progress else None
         out[snr] = run_eval(system, sub, progress=cb, ranks=ranks)
     return out
+
+
+FIGURE = "snr_sweep.png"
+"""The report's SNR figure (:func:`harness.figures.snr_figure`)."""
+
+SECTION = "snr-sweep"
+"""Key of the SNR section among :func:`harness.report_html.write_html`'s ``sections``."""
+
+
+def sweep_markdown(table: pd.DataFrame) -> list[str]:
+    """summary.md's ``## SNR sweep`` section (table of median and IQR per SNR), ``[]`` without a sweep."""
+    if not len(table):
+        return []
+    from harness.reports import markdown_table
+
+    rows = [[str(r.system), str(r.dataset), str(r.condition), f"{r.snr_db:+g}", str(int(r.items)),
+             f"{r.median:.2f}", f"[{r.q25:.2f}, {r.q75:.2f}]"] for r in table.itertuples()]
+    return ["## SNR sweep", "",
+            "SDRi (dB) of the same items mixed at each target-to-interferer ratio (sets `<split>@snr<±x>`, "
+            "built with `build-mixtures --snr-db`; gain not clipped): median and interquartile range over the "
+            f"`ok` items. Figure: `{FIGURE}`.", "",
+            markdown_table(["system", "dataset", "condition", "SNR (dB)", "items ok", "median SDRi",
+                            "IQR [25 %, 75 %]"], rows, "lllrrrr"), ""]
+
+
+def sweep_html(table: pd.DataFrame, pngs: dict[str, bytes]) -> str:
+    """report.html's SNR section, ``""`` without a sweep."""
+    if not len(table):
+        return ""
+    from harness.report_html import _e, _img, _table
+
+    rows = [[(_e(r.system), None), (_e(r.dataset), None), (_e(r.condition), None), (f"{r.snr_db:+g}", str(r.snr_db)),
+             (str(int(r.items)), str(int(r.items))), (f"{r.median:.2f}", f"{r.median:.4f}"),
+             (f"[{r.q25:.2f}, {r.q75:.2f}]", f"{r.q25:.4f}")] for r in table.itertuples()]
+    out = ["<h2>SNR sweep</h2>", "<p>SDRi (dB) of the same items at each target-to-interferer ratio: median and "
+           "interquartile range over the ok items.</p>",
+           _table(["system", "dataset", "condition", "SNR (dB)", "items ok", "median SDRi", "IQR"], rows)]
+    if FIGURE in pngs:
+        out.append(_img(pngs[FIGURE], "SDRi against SNR"))
+    return "\n".join(out)
