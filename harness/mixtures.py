@@ -22,6 +22,9 @@ Protocol ``uss-paper`` (DESIGN §4, the paper §5.1 and the upstream evaluation 
   2 s of the track's real ``mix.flac``.
 - MUSDB18: every test track × {vocals, drums, bass, other} against its ``mixture.wav`` (virtual items).
 - Voicebank-Demand: every clean utterance against its noisy twin (virtual items).
+
+SNR-sweep sets (``--snr-db``, :mod:`harness.snr_sweep`, issue 12): the same plan and segments, the interferer
+scaled to a given target-to-interferer ratio instead of energy matched, in ``<split>@snr<±x>``.
 """
 
 from __future__ import annotations
