@@ -167,17 +167,41 @@ def build_mixtures_cmd(
     executor: ExecutorOpt = "loky",
     scheduler: SchedulerOpt = None,
     verify: Annotated[bool, typer.Option(help="rebuild in a temporary folder and compare with the existing set")] = False,
+    snr_db: Annotated[str | None, typer.Option(help=(
+        "SNR sweep: instead of the paper's energy-matched set, build one set per target-to-interferer ratio "
+        "(dB, comma-separated, e.g. -10,-5,0,5,10) at <split>@snr<±x>, the same items (two-source datasets "
+        "only)"))] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Build a deterministic evaluation set (protocol uss-paper, DESIGN §4)."""
-    from harness.datasets.base import resolve_root
-    from harness.mixtures import BuildOptions, build_mixtures, verify_build
+    from dataclasses import replace
+
+    from harness.mixtures import BuildOptions
     from harness.parallel import check_executor
-    from harness.parallel import executor as use_executor
 
     check_executor(executor, jobs, scheduler)
     opts = BuildOptions(dataset=dataset, split=split, seed=seed, per_class=per_class, anchor=anchor,
                         sed_checkpoint=str(sed_checkpoint) if sed_checkpoint else None, jobs=jobs)
+    if snr_db is not None:  # issue 12: one set per ratio (harness.snr_sweep), checked before any work
+        from harness.config import load_dataset_config
+        from harness.snr_sweep import check_sweepable, parse_snr_list
+
+        check_sweepable(dataset, load_dataset_config(dataset))
+        for snr in parse_snr_list(snr_db):
+            _build_one(replace(opts, snr_db=snr), root, workdir, verify, executor,
+                       scheduler, quiet)
+        return
+    _build_one(opts, root, workdir, verify, executor, scheduler, quiet)
+
+
+def _build_one(opts, root: Path | None, workdir: Path | None, verify: bool, executor: str, scheduler: str | None,
+               quiet: bool) -> None:
+    """Build (or ``--verify``) the one set of ``opts`` and print its counts."""
+    from harness.datasets.base import resolve_root
+    from harness.mixtures import build_mixtures, set_split, verify_build
+    from harness.parallel import executor as use_executor
+
+    dataset, jobs, split = opts.dataset, opts.jobs, set_split(opts)
     corpus_root = resolve_root(dataset, root)
     wd = _workdir(workdir)
     if verify:
@@ -294,6 +318,9 @@ def eval_cmd(
              "all")] = "none",
     shots: Annotated[int, typer.Option(min=1, help="example clips per class for a system in query mode "
                                                    "audio-shots, drawn from the query split by the dataset's seed")] = 3,
+    snr_db: Annotated[str | None, typer.Option(help=(
+        "SNR sweep: after the run, also evaluate the two-source datasets' sets built with build-mixtures "
+        "--snr-db (dB, comma-separated) into <out>/snr/<split>@snr<±x>; the report plots SDRi against SNR"))] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a system (a baseline, a checkpoint, any plug-in); write items.parquet, summary.md and run.json.
@@ -316,6 +343,12 @@ def eval_cmd(
     if out is not None:
         check_output_folder(out, "--out")
     names, absent = resolve_datasets(datasets or [], all_, wd, split)
+    snrs = None
+    if snr_db is not None:  # issue 12: the SNR sets are checked before any work (harness.snr_sweep)
+        from harness.snr_sweep import check_sweep_sets, parse_snr_list
+
+        snrs = parse_snr_list(snr_db)
+        check_sweep_sets(wd, names, split, snrs)
     with distributed(device) as ranks:
         from harness.models import resolve_device
         from harness.systems import build_system
@@ -339,6 +372,10 @@ def eval_cmd(
         with _progress(quiet or not ranks.is_main) as update:
             run = run_eval(system, opts, progress=lambda d, done, total: update(f"{d} eval", done, total),
                            ranks=ranks)
+            if snrs:
+                from harness.snr_sweep import run_sweep
+
+                run_sweep(system, opts, snrs, progress=update, ranks=ranks)
     if run is None:  # not rank 0: rank 0 writes the report
         return
     items = run["items"]

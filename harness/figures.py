@@ -339,3 +339,50 @@ def ordered_datasets(items: pd.DataFrame) -> list[str]:
     """The datasets of ``items`` in Table 2 order (unknown names last, sorted)."""
     present = set(items["dataset"].unique())
     return [d for d in DATASET_NAMES if d in present] + sorted(present - set(DATASET_NAMES))
+
+
+def snr_figure(table: pd.DataFrame, systems: Sequence[str], colors: dict):
+    """SDRi against the target-to-interferer ratio (SNR sweep, :mod:`harness.snr_sweep`): one panel per
+    dataset, per system (and query condition) the median over the ``ok`` items as a line with markers and
+    the interquartile range (25th–75th percentile) as a band in the system's colour.
+
+    Args:
+        table: :func:`harness.snr_sweep.sweep_table` rows (``system, dataset, condition, snr_db, items, q25,
+            median, q75``; dB).
+        systems: report order of the systems.
+        colors: :func:`system_colors` of the report (systems absent from it get grey).
+
+    Returns:
+        a matplotlib Figure (``snr_sweep.png``), or ``None`` when ``table`` is empty.
+    """
+    if table is None or not len(table):
+        return None
+    plt = _pyplot()
+    datasets = ordered_datasets(table)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets) + 0.6, 4.2), squeeze=False,
+                             layout="constrained")
+    shown: list[str] = []
+    styles = ("-", "--", ":", "-.")
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        sub = table[table["dataset"] == dataset]
+        for system in [s for s in systems if s in set(sub["system"])]:
+            rows = sub[sub["system"] == system]
+            for k, (cond, g) in enumerate(rows.groupby("condition", sort=False)):
+                g = g.sort_values("snr_db")
+                color = colors.get(system, (0.5, 0.5, 0.5, 1.0))
+                ax.fill_between(g["snr_db"], g["q25"], g["q75"], color=color, alpha=0.18, linewidth=0)
+                ax.plot(g["snr_db"], g["median"], styles[k % len(styles)], marker="o", markersize=4,
+                        color=color, linewidth=1.6, label=f"{cond}" if rows["condition"].nunique() > 1 else None)
+            if system not in shown:
+                shown.append(system)
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_xlabel("target-to-interferer ratio of the mixture (dB)")
+        ax.set_ylabel("SDRi (dB): median, band 25th–75th percentile")
+        ax.set_xticks(sorted(sub["snr_db"].unique()))
+        ax.set_title(dataset, fontsize=10)
+        ax.grid(linewidth=0.3, alpha=0.6)
+        if any(h.get_label() and not h.get_label().startswith("_") for h in ax.get_lines()):
+            ax.legend(fontsize=7, title="query condition", title_fontsize=7)
+    _legend(fig, shown, colors)
+    _title(fig, "SNR sweep: SDRi against the target-to-interferer ratio (same items at every ratio)")
+    return fig

@@ -22,6 +22,9 @@ Protocol ``uss-paper`` (DESIGN §4, the paper §5.1 and the upstream evaluation 
   2 s of the track's real ``mix.flac``.
 - MUSDB18: every test track × {vocals, drums, bass, other} against its ``mixture.wav`` (virtual items).
 - Voicebank-Demand: every clean utterance against its noisy twin (virtual items).
+
+SNR-sweep sets (``--snr-db``, :mod:`harness.snr_sweep`, issue 12): the same plan and segments, the interferer
+scaled to a given target-to-interferer ratio instead of energy matched, in ``<split>@snr<±x>``.
 """
 
 from __future__ import annotations
@@ -124,6 +127,20 @@ class BuildOptions:
     anchor: str | None = None
     sed_checkpoint: str | None = None
     jobs: int = 1
+    snr_db: float | None = None
+    """Target-to-interferer ratio of an SNR-sweep set (dB, :mod:`harness.snr_sweep`); ``None``: the paper's
+    energy matching. The set is then ``<dataset>/<split>@snr<±x>`` (:func:`set_split`)."""
+
+
+def set_split(opts: BuildOptions) -> str:
+    """The folder (and ``split`` field) of the set ``opts`` builds: the corpus split, or for an SNR sweep
+    ``<split>@snr<±x>`` (:func:`harness.snr_sweep.snr_split`). Item ids keep the corpus split, so the items
+    of every SNR pair with each other and with the paper's set."""
+    if opts.snr_db is None:
+        return opts.split
+    from harness.snr_sweep import snr_split
+
+    return snr_split(opts.split, opts.snr_db)
 
 
 @dataclass
@@ -292,6 +309,17 @@ def _gain_from_energies(e_t: float, e_i: float, lo: float, hi: float) -> float:
     return float(min(max(ratio, lo), hi))
 
 
+def _mixing_gain(e_t: float, e_i: float, mix_cfg: dict, snr_db: float | None) -> float:
+    """The interferer's gain: the paper's energy matching (``snr_db`` None, the TOML's ``[mixing]``), or the
+    gain giving a target-to-interferer ratio of ``snr_db`` (:func:`harness.snr_sweep.snr_gain`, unclipped)."""
+    if snr_db is not None:
+        from harness.snr_sweep import snr_gain
+
+        return snr_gain(e_t, e_i, snr_db)
+    return _gain_from_energies(e_t, e_i, mix_cfg["gain_min"], mix_cfg["gain_max"]) \
+        if mix_cfg.get("energy_match", True) else 1.0
+
+
 def _segment(x: np.ndarray, seg: int, anchor: str, seed: int, class_id: int,
              anchor_fn: Callable | None) -> tuple[np.ndarray, int]:
     """Cut one 2-s segment out of a clip by the anchor rule; returns ``(segment, begin_sample)``."""
@@ -315,8 +343,10 @@ def _segment(x: np.ndarray, seg: int, anchor: str, seed: int, class_id: int,
 
 
 def render_item(spec: ItemSpec, corpus: Corpus, cfg: dict, anchor: str,
-                anchor_fn: Callable | None = None) -> dict[str, Any]:
+                anchor_fn: Callable | None = None, snr_db: float | None = None) -> dict[str, Any]:
     """Render one item of a fixed-length set. Pure: the same spec gives the same bytes.
+
+    ``snr_db``: the target-to-interferer ratio of an SNR-sweep set (dB), else energy matching.
 
     Returns:
         a dict with ``mixture`` and ``target`` (float32 ``(64000,)`` at 32 kHz), the manifest fields
@@ -339,9 +369,7 @@ def render_item(spec: ItemSpec, corpus: Corpus, cfg: dict, anchor: str,
         i_full = corpus.read(spec.interferer, sr)
         target, t_on = _segment(t_full, seg, anchor, spec.anchor_seeds[0], spec.class_id, anchor_fn)
         interferer, i_on = _segment(i_full, seg, anchor, spec.anchor_seeds[1], spec.interferer_class_id, anchor_fn)
-        mix_cfg = cfg["mixing"]
-        gain = energy_gain(target, interferer, mix_cfg["gain_min"], mix_cfg["gain_max"]) \
-            if mix_cfg.get("energy_match", True) else 1.0
+        gain = _mixing_gain(signal_energy(target), signal_energy(interferer), cfg["mixing"], snr_db)
         mixture = target + np.float32(gain) * interferer
         row.update(target_onset_s=t_on / sr, interferer_onset_s=i_on / sr, interferer_gain=gain)
     row.update(mixture=mixture.astype(np.float32), target=target.astype(np.float32),
@@ -446,8 +474,7 @@ def _render_clip_window(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor
         i_key = (spec.interferer, _segment_key(anchor, spec.anchor_seeds[1], spec.interferer_class_id))
         target, t_on = cuts[t_key[0]][t_key[1]]
         interferer, i_on = cuts[i_key[0]][i_key[1]]
-        gain = _gain_from_energies(energy(t_key, target), energy(i_key, interferer), mix_cfg["gain_min"],
-                                   mix_cfg["gain_max"]) if mix_cfg.get("energy_match", True) else 1.0
+        gain = _mixing_gain(energy(t_key, target), energy(i_key, interferer), mix_cfg, opts.snr_db)
         # target + float32(gain)·interferer in float32 (IEEE addition commutes: the bytes of render_item)
         np.multiply(interferer, np.float32(gain), out=mixture)
         np.add(mixture, target, out=mixture)
@@ -573,6 +600,10 @@ def build_mixtures(root: str | Path, workdir: str | Path, opts: BuildOptions,
     cfg = load_dataset_config(opts.dataset)
     corpus = get_corpus(opts.dataset, root)
     anchor = resolve_anchor(corpus, cfg, opts)
+    if opts.snr_db is not None:
+        from harness.snr_sweep import check_sweepable
+
+        check_sweepable(opts.dataset, cfg, opts.snr_db)
     plan = plan_build(corpus, cfg, opts)
     if not plan.specs:
         raise UssBenchError(
@@ -582,7 +613,7 @@ def build_mixtures(root: str | Path, workdir: str | Path, opts: BuildOptions,
     root = corpus.root
     virtual = bool(cfg.get("virtual"))
     rows: list[dict[str, Any]] = []
-    out_dir = set_dir(workdir, opts.dataset, opts.split)
+    out_dir = set_dir(workdir, opts.dataset, set_split(opts))
     needed = set_bytes(plan.specs, cfg, virtual)
     check_free_space(out_dir.parent, needed)
     try:
@@ -599,7 +630,7 @@ def build_mixtures(root: str | Path, workdir: str | Path, opts: BuildOptions,
                 "protocol": PROTOCOL,
                 "protocol_version": PROTOCOL_VERSION,
                 "dataset": opts.dataset,
-                "split": opts.split,
+                "split": set_split(opts),
                 "seed": plan_seed(cfg, opts),
                 "virtual": virtual,
                 "options": {"per_class": opts.per_class or cfg.get("items_per_class"), "anchor": anchor,
@@ -614,6 +645,11 @@ def build_mixtures(root: str | Path, workdir: str | Path, opts: BuildOptions,
                 "jobs": opts.jobs,
                 "seconds": round(time.perf_counter() - t0, 3),
             }
+            if opts.snr_db is not None:  # only SNR-sweep sets carry it: the paper's build.json keeps its keys
+                from harness.snr_sweep import sweep_record
+
+                build["snr_sweep"] = sweep_record(opts.split, opts.snr_db)
+                build["snr_db"] = float(opts.snr_db)
             (tmp / "build.json").write_text(json.dumps(build, indent=2, sort_keys=True, default=str) + "\n")
     except OSError as exc:  # h5py / pyarrow / json on a full disk; atomic_dir has removed the temporary set
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -770,7 +806,7 @@ def _manifest(specs: list[ItemSpec], rows: list[dict], opts: BuildOptions, cfg: 
     records = []
     for spec, row in zip(specs, rows, strict=True):
         records.append({
-            "item_id": spec.item_id, "dataset": opts.dataset, "split": opts.split,
+            "item_id": spec.item_id, "dataset": opts.dataset, "split": set_split(opts),
             "class_id": spec.class_id, "label": spec.label, "source_id": spec.source_id,
             "mixture_file": _rel(spec.mixture, root), "target_file": _rel(spec.target, root),
             "target_onset_s": row.get("target_onset_s"),
@@ -796,7 +832,7 @@ def verify_build(root: str | Path, workdir: str | Path, opts: BuildOptions) -> l
     """
     import tempfile
 
-    existing = open_set(workdir, opts.dataset, opts.split, check=False)
+    existing = open_set(workdir, opts.dataset, set_split(opts), check=False)
     try:
         check_set(existing)
         integrity = []
@@ -804,7 +840,7 @@ def verify_build(root: str | Path, workdir: str | Path, opts: BuildOptions) -> l
         integrity = [f"integrity: {exc}"]
     with tempfile.TemporaryDirectory(prefix="uss-bench-verify-") as tmp:
         fresh_build = build_mixtures(root, tmp, opts)
-        fresh = open_set(tmp, opts.dataset, opts.split)
+        fresh = open_set(tmp, opts.dataset, set_split(opts))
         problems = list(integrity)
         if fresh_build["digest"] != existing.build["digest"]:
             problems.append(f"digest {existing.build['digest'][:16]}… ≠ rebuilt {fresh_build['digest'][:16]}…")

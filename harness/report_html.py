@@ -252,7 +252,7 @@ def _players(dataset: str, items: pd.DataFrame, sources, systems: list[str]) -> 
 
 
 def write_html(run_dir: Path, items: pd.DataFrame, sources, systems: list[str], cells: dict,
-               pngs: dict[str, bytes], colors: dict) -> Path:
+               pngs: dict[str, bytes], colors: dict, sections: dict[str, str] | None = None) -> Path:
     """Write ``<run_dir>/report.html`` (atomically) and return its path.
 
     Args:
@@ -263,7 +263,11 @@ def write_html(run_dir: Path, items: pd.DataFrame, sources, systems: list[str], 
         cells: ``{system: {Table 2 key: (value, ok, rows)}}`` (:func:`harness.reports.table2_cells`).
         pngs: ``{file name: PNG bytes}``: ``table2.png`` and ``per_class_<dataset>.png``.
         colors: :func:`harness.figures.system_colors` of the report.
+        sections: extra HTML fragments: ``{dataset: fragment}`` at the end of the dataset's section (the
+            ontology roll-ups, :mod:`harness.rollups`), ``{"snr-sweep": fragment}`` after the detail
+            (:mod:`harness.snr_sweep`).
     """
+    sections = sections or {}
     from harness.figures import ordered_datasets
     from harness.reports import CONVENTIONS, TABLE2, detail_rows, format_cell, paper_rows, status_rows
 
@@ -301,7 +305,9 @@ def write_html(run_dir: Path, items: pd.DataFrame, sources, systems: list[str], 
         name = f"per_class_{dataset}.png"
         if name in pngs:
             body.append(_img(pngs[name], f"{dataset} per-class distribution"))
+        body.append(sections.get(dataset, ""))
         body.append(_players(dataset, items, sources, systems))
+    body.append(sections.get("snr-sweep", ""))
     body.append("<h2>Item status</h2>")
     srows = [[(_swatch(r["system"], colors), None), (_e(r["dataset"]), None), (str(r["rows"]), str(r["rows"])),
               (str(r["ok"]), str(r["ok"])), (_e(", ".join(f"{k}: {v}" for k, v in r["other"].items()) or "—"), None)]

@@ -465,6 +465,15 @@ def render_report(run_dir: str | Path) -> Report:
               ", ".join(f"{k}: {v}" for k, v in r["other"].items()) or "—"] for r in status_rows(items)]
     parts += [markdown_table(["system", "dataset", "rows", "ok", "not scored (status: count)"], srows,
                              "llrrl"), ""]
+    from harness import rollups, snr_sweep
+
+    sweep = snr_sweep.sweep_table(snr_sweep.sweep_items(sources))  # issue 12: <run>/snr/* sub-runs
+    parts += snr_sweep.sweep_markdown(sweep)
+    rolled = rollups.report_rollups(items, sources)  # issue 12: AudioSet / FSD50K ontology roll-ups
+    parts += rollups.markdown(rolled)
+    for dataset, blocks in rolled.items():
+        if blocks:
+            atomic_write_bytes(run_dir / f"ontology_{dataset}.csv", rollups.node_csv(blocks))
     colors = F.system_colors(systems)
     pngs: dict[str, bytes] = {}
     with F.figure_style():
@@ -479,6 +488,9 @@ def render_report(run_dir: str | Path) -> Report:
             fig = F.dataset_figure(items, dataset, systems, colors)
             if fig is not None:
                 pngs[f"per_class_{dataset}.png"] = F.png_bytes(fig)
+        fig = F.snr_figure(sweep, systems, colors)
+        if fig is not None:
+            pngs[snr_sweep.FIGURE] = F.png_bytes(fig)
     figure_paths = []
     for name, data in pngs.items():
         atomic_write_bytes(run_dir / name, data)
@@ -489,7 +501,9 @@ def render_report(run_dir: str | Path) -> Report:
     atomic_write_text(summary, "\n".join(parts))
     per_class = run_dir / "per_class.md"
     atomic_write_text(per_class, per_class_markdown(items))
-    html = write_html(run_dir, items, sources, systems, cells, pngs, colors)
+    sections = {d: rollups.html(blocks, d) for d, blocks in rolled.items()}
+    sections[snr_sweep.SECTION] = snr_sweep.sweep_html(sweep, pngs)
+    html = write_html(run_dir, items, sources, systems, cells, pngs, colors, sections)
     return Report(summary=summary, per_class=per_class, figure=figure_paths[0] if pngs.get("table2.png") else None,
                   figures=figure_paths, html=html)
 
