@@ -47,7 +47,7 @@ from joblib import delayed
 
 import harness
 from harness.audio import AudioRef, audio_info, fix_length, read_audio, resample, resolve_audio_path
-from harness.config import load_dataset_config
+from harness.config import class_labels, load_dataset_config
 from harness.datasets import get_corpus
 from harness.datasets.base import Clip, Corpus, Track
 from harness.datasets.store import (
@@ -160,11 +160,10 @@ def plan_clips(corpus: Corpus, clips: list[Clip], cfg: dict, opts: BuildOptions)
     per_class = opts.per_class or cfg["items_per_class"]
     small = cfg.get("small_classes", {})
     max_uses = int(small.get("max_uses_per_clip", 1))
-    any_label = corpus.name == "audioset"
     plan = Plan(specs=[])
     by_label: dict[str, list[int]] = {}
     for i, clip in enumerate(clips):
-        for label in clip.labels if any_label else clip.labels[:1]:
+        for label in class_labels(cfg, clip.labels):
             by_label.setdefault(label, []).append(i)
     for class_id, label in enumerate(vocab):
         candidates = by_label.get(label, [])
