@@ -33,8 +33,7 @@ Keys (top level unless said):
                               ``gain_min``, ``gain_max``
 ``[small_classes]``           ``rule`` (``"repeat"``), ``max_uses_per_clip``
 ``[[columns]]``               report columns: ``key``, ``header``, ``metric``, ``conditions``
-                              (preference order), optional ``aggregate``, ``paper`` (default true:
-                              a column of the paper's Table 2)
+                              (preference order), optional ``aggregate``
 ============================  ====================================================================
 
 Keys marked with a single allowed value (``fit``, ``protocol``, ``sources``, ``exclude_target_class``,
@@ -134,7 +133,7 @@ TABLE_KEYS: dict[str, dict[str, tuple[str, Any]]] = {
 
 COLUMN_KEYS: dict[str, tuple[str, Any]] = {
     "key": ("str", "required"), "header": ("str", "required"), "metric": ("str", "required"),
-    "conditions": ("strs", ["average", "oracle", "none"]), "aggregate": ("str", None), "paper": ("bool", True),
+    "conditions": ("strs", ["average", "oracle", "none"]), "aggregate": ("str", None),
 }
 """Keys of each ``[[columns]]`` report column."""
 

@@ -91,9 +91,9 @@ from harness.datasets.store import (
     track_length_status,
 )
 from harness.errors import ConfigError, UssBenchError, check_choice
+from harness.metric_registry import metric_columns
 from harness.parallel import Ranks
 from harness.queries import Query, ShotBank, display_name
-from harness.metric_registry import metric_columns
 from harness.scoring import METRIC_STATUS, score_packed, score_task, unscored
 from harness.scoring import score as score  # public here too: harness.evaluate.score
 from harness.scoring import score_batch as score_batch
@@ -1026,7 +1026,7 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
     atomic_write_text(out / "run.json", json.dumps(run, indent=2, default=str) + "\n")
     from harness.results import write_results
 
-    write_results(out, items)
+    write_results(out, items, opts.aggregate)
     return run
 
 

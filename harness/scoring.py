@@ -17,6 +17,7 @@ from harness import metric_registry, metrics, parallel
 from harness.audio import resample
 from harness.errors import UssBenchError
 
+
 def __getattr__(name: str):
     # METRIC_COLUMNS is read from the registry at each access, so a metric registered after import
     # (one declaration) is a column everywhere.
