@@ -522,13 +522,15 @@ def _fingerprint(refs: Iterable[AudioRef], root: Path) -> dict[str, Any]:
 
 
 def resolve_anchor(corpus: Corpus, cfg: dict, opts: BuildOptions) -> str:
-    """The anchor rule of a build: FSD clips start at 0 (tiled); AudioSet per ``--anchor``.
+    """The anchor rule of a build: a dataset whose declaration has no ``anchor`` (FSD clips) starts at 0
+    (tiled); one that declares it (AudioSet) per ``--anchor``.
 
     ``sed`` is the default when a SED checkpoint is given (the paper's rule), else the TOML's.
     """
-    if corpus.name != "audioset":
+    if cfg.get("anchor") is None:
         if opts.anchor not in (None, "start"):
-            raise ConfigError(f"--anchor applies to AudioSet only; {corpus.title} segments start at 0 s")
+            raise ConfigError(f"--anchor applies to datasets that declare an anchor (AudioSet) only; "
+                              f"{corpus.title} segments start at 0 s")
         return "start"
     anchor = opts.anchor or ("sed" if opts.sed_checkpoint else cfg.get("anchor", "energy"))
     if anchor not in ANCHOR_MODES:
