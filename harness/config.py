@@ -42,6 +42,7 @@ Keys marked with a single allowed value (``fit``, ``protocol``, ``sources``, ``e
 
 from __future__ import annotations
 
+import copy
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -236,10 +237,24 @@ def load_dataset_config(name: str) -> dict[str, Any]:
             (naming the file and the key), a wrong value.
     """
     path = declaration_path(name)
-    cfg = read_toml(path, f"dataset declaration {path} is missing; is the checkout complete?")
-    if cfg.get("name") != name:
-        raise ConfigError(f"{path}: name = {cfg.get('name')!r}, expected {name!r}")
-    return validate_dataset_config(cfg, path)
+    try:
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None
+    if key is None or key not in _CACHE:
+        cfg = read_toml(path, f"dataset declaration {path} is missing; is the checkout complete?")
+        if cfg.get("name") != name:
+            raise ConfigError(f"{path}: name = {cfg.get('name')!r}, expected {name!r}")
+        cfg = validate_dataset_config(cfg, path)
+        if key is None:
+            return cfg
+        _CACHE[key] = cfg
+    return copy.deepcopy(_CACHE[key])
+
+
+_CACHE: dict[tuple[str, int, int], dict[str, Any]] = {}
+"""Validated declarations by (file, mtime, size): reports derive their columns from them many times."""
 
 
 def class_labels(cfg: dict[str, Any], labels: tuple[str, ...]) -> tuple[str, ...]:

@@ -1004,7 +1004,7 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
         "system": system.name,
         "checkpoint_sha256": system.checkpoint_sha256,
         "system_info": describe_system(system),
-        "sample_rates": {s.dataset: sample_rates(system, s) for s in sets},
+        "sample_rates": {s.dataset: sample_rates(system, s, opts) for s in sets},
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
         "datasets": opts.datasets,
         "builds": {s.dataset: {"digest": s.build["digest"], "path": str(s.path)} for s in sets},
@@ -1037,12 +1037,12 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def sample_rates(system: System, evalset: EvalSet) -> dict[str, Any]:
+def sample_rates(system: System, evalset: EvalSet, opts: EvalOptions | None = None) -> dict[str, Any]:
     """The rates (Hz) a run used on a set: the system's input and output, the set's (scoring input, SDR
     family) and each metric's own rate (its registry record's: PESQ and SSNR at 16 kHz)."""
     from harness.metric_registry import metric_spec
 
-    cfg = load_dataset_config(evalset.dataset)
+    cfg = scored_config(evalset.dataset, opts) if opts is not None else load_dataset_config(evalset.dataset)
     set_rate = int(cfg["sample_rate"])
     metric_rate = {m: metric_spec(m).rate(set_rate, int(system.sample_rate)) for m in cfg["metrics"]}
     return {"system": int(system.sample_rate), "set": set_rate,
