@@ -117,8 +117,9 @@ def item_columns() -> tuple[str, ...]:
 
 OPTIONAL_PART_COLUMNS = ("status_detail", METRIC_STATUS)
 """Columns of :data:`ITEM_COLUMNS` that parts written before they existed may lack (filled with ``""``).
-A metric column that a part lacks (declared after it was written) is filled with NaN: an older run folder
-still resumes (issue 11)."""
+A metric column declared after the first schema (``MetricSpec.in_every_part`` false) that a part lacks is
+filled with NaN: an older run folder still resumes (issue 11); a part without one of the first eight is
+refused (issue 15 #18)."""
 
 
 def __getattr__(name: str):
@@ -282,8 +283,11 @@ def check_part_schema(path: Path, columns: Iterable[str], dtypes: dict[str, Any]
     Raises:
         UssBenchError: names the file and the missing or mistyped columns; says to delete it and resume.
     """
+    from harness.metric_registry import METRICS
+
     metric_cols = metric_columns()
-    missing = [c for c in item_columns() if c not in set(columns) and c not in (*OPTIONAL_PART_COLUMNS, *metric_cols)]
+    later = [m for m in metric_cols if not METRICS[m].in_every_part]  # declared after the part may have been written
+    missing = [c for c in item_columns() if c not in set(columns) and c not in (*OPTIONAL_PART_COLUMNS, *later)]
     bad = [c for c in metric_cols if dtypes and c in dtypes and not pd.api.types.is_numeric_dtype(dtypes[c])]
     if missing or bad:
         what = (f"lacks column(s) {', '.join(missing)}" if missing else "") + (

@@ -59,6 +59,10 @@ class MetricSpec:
         resamples_itself: the function is given the signals at the set's rate and resamples them
             itself (PESQ: float64 soxr HQ inside :func:`harness.metrics.pesq_wb_status`); otherwise the
             scoring core resamples them to :meth:`rate` with :func:`harness.audio.resample` first.
+        in_every_part: every part file uss-bench ever wrote has this column (the eight columns of the
+            first schema): a part without it was edited or truncated and ``--resume`` refuses it (issue 15
+            #18). A metric declared later is ``False``: a part written before it existed lacks the column,
+            and its rows get NaN (an older run folder still resumes).
         description: one line for docs and ``results.json``; the source of its definition.
         axis_label: figure axis label; default ``"<label> (<unit>)"``.
     """
@@ -77,6 +81,7 @@ class MetricSpec:
     fn: str | None = None
     needs_interferer: bool = False
     resamples_itself: bool = False
+    in_every_part: bool = False
     description: str = ""
     axis_label: str | None = None
     extra: dict = field(default_factory=dict, compare=False, hash=False)
@@ -136,25 +141,29 @@ def register_metric(spec: MetricSpec, replace: bool = False) -> MetricSpec:
 
 
 for _spec in (
-    MetricSpec("sdr", "SDR", _DB, True, 0.1, fn=None, statuses=_SIG,
+    MetricSpec("sdr", "SDR", _DB, True, 0.1, fn=None, in_every_part=True, statuses=_SIG,
                description="10 log10(mean(s²)/mean((s−ŝ)²)), 1e-10 floors (paper eq. 12)"),
     MetricSpec("sdri", "SDRi", _DB, True, 0.1, improvement=True, base="sdr", statuses=_SIG,
+               in_every_part=True,
                description="SDR(s, ŝ) − SDR(s, x) (paper eq. 13)"),
-    MetricSpec("si_sdr", "SI-SDR", _DB, True, 0.1, statuses=_SIG, description="scale-invariant SDR (Le Roux et al. 2019)"),
+    MetricSpec("si_sdr", "SI-SDR", _DB, True, 0.1, statuses=_SIG, in_every_part=True,
+               description="scale-invariant SDR (Le Roux et al. 2019)"),
     MetricSpec("si_sdri", "SI-SDRi", _DB, True, 0.1, improvement=True, base="si_sdr", statuses=_SIG,
+               in_every_part=True,
                description="SI-SDR(s, ŝ) − SI-SDR(s, x)"),
-    MetricSpec("musdb_sdr", "SDR", _DB, True, 0.1, fn="harness.scoring:musdb_item",
+    MetricSpec("musdb_sdr", "SDR", _DB, True, 0.1, fn="harness.scoring:musdb_item", in_every_part=True,
                axis_label="SDR (dB, BSSEval v4 framewise median)",
                description="BSSEval v4 image SDR, 1-s frames, median over frames (museval)"),
-    MetricSpec("musdb_sdri", "SDRi", _DB, True, 0.1, improvement=True, base="musdb_sdr",
+    MetricSpec("musdb_sdri", "SDRi", _DB, True, 0.1, improvement=True, base="musdb_sdr", in_every_part=True,
                fn="harness.scoring:musdb_item", axis_label="SDRi (dB, framewise)",
                description="framewise-median SDR of the estimate minus that of the mixture"),
-    MetricSpec("pesq", "PESQ", "MOS", True, 0.05, sample_rate=16000, fn="harness.scoring:pesq_item", resamples_itself=True,
+    MetricSpec("pesq", "PESQ", "MOS", True, 0.05, sample_rate=16000, fn="harness.scoring:pesq_item",
+               resamples_itself=True, in_every_part=True,
                statuses=("pesq_too_short", "pesq_too_long", "pesq_est_silent", "pesq_no_utterances", "pesq_error",
                          "pesq_crashed"),
                axis_label="PESQ (MOS-LQO, P.862.2 wide band)",
                description="ITU-T P.862.2 wide-band PESQ, MOS-LQO (pesq package)"),
-    MetricSpec("ssnr", "SSNR", _DB, True, 0.1, sample_rate=16000, fn="harness.scoring:ssnr_item",
+    MetricSpec("ssnr", "SSNR", _DB, True, 0.1, sample_rate=16000, fn="harness.scoring:ssnr_item", in_every_part=True,
                description="segmental SNR, 30-ms frames, 75 % overlap, clipped to [−10, 35] dB (Loizou)"),
     MetricSpec("csig", "CSIG", "MOS", True, 0.05, sample_rate=16000, fn="harness.speech:composite",
                statuses=("composite_failed",), description="composite signal distortion (Hu & Loizou 2008), 1..5"),
