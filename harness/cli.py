@@ -153,9 +153,26 @@ SchedulerOpt = Annotated[str | None, typer.Option(
          "installed); without it a LocalCluster of --jobs single-threaded workers is started for the run")]
 
 
+def _names_help() -> tuple[str, str, str]:
+    """Help texts derived from the registries: dataset names, metrics/groups, aggregations."""
+    from harness.aggregations import AGGREGATIONS
+    from harness.datasets import CORPORA
+    from harness.metric_registry import METRICS, groups
+
+    opt_in = [m for m, spec in METRICS.items() if spec.opt_in and spec.fn is not None]
+    return (" | ".join(CORPORA),
+            "change the datasets' declared metrics: +NAME or +GROUP adds (opt-in: "
+            + ", ".join([*(g for g, ms in groups().items() if all(METRICS[m].fn for m in ms)), *opt_in])
+            + "), -NAME drops; repeatable or comma-separated",
+            "aggregation of every report column instead of the declared ones: " + " | ".join(AGGREGATIONS))
+
+
+_DATASETS_HELP, _METRICS_HELP, _AGGREGATE_HELP = _names_help()
+
+
 @app.command("build-mixtures")
 def build_mixtures_cmd(
-    dataset: Annotated[str, typer.Argument(help="audioset | fsdkaggle2018 | fsd50k | musdb18 | slakh2100 | voicebank-demand")],
+    dataset: Annotated[str, typer.Argument(help=_DATASETS_HELP)],
     root: Annotated[Path | None, typer.Option(help="corpus root [env USS_BENCH_<NAME>_ROOT, uss-bench.toml]")] = None,
     split: str = "test",
     workdir: WorkdirOpt = None,
@@ -321,6 +338,8 @@ def eval_cmd(
     snr_db: Annotated[str | None, typer.Option(help=(
         "SNR sweep: after the run, also evaluate the two-source datasets' sets built with build-mixtures "
         "--snr-db (dB, comma-separated) into <out>/snr/<split>@snr<±x>; the report plots SDRi against SNR"))] = None,
+    metrics: Annotated[list[str] | None, typer.Option("--metrics", help=_METRICS_HELP)] = None,
+    aggregate: Annotated[str | None, typer.Option(help=_AGGREGATE_HELP)] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a system (a baseline, a checkpoint, any plug-in); write items.parquet, summary.md and run.json.
@@ -367,6 +386,7 @@ def eval_cmd(
         opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, batch_size=batch_size, jobs=jobs,
                            limit=limit, resume=resume, executor=executor, scheduler=scheduler,
                            part_items=part_items, break_lock=break_lock, save_estimates=save_estimates, shots=shots,
+                           metrics=tuple(metrics or ()), aggregate=aggregate,
                            extra={"device": ranks.device(device), **({"condition": condition} if condition else {})})
         opts.check()
         with _progress(quiet or not ranks.is_main) as update:
@@ -619,11 +639,12 @@ def report(
     out: Annotated[Path | None, typer.Option(help="report folder (needed for several runs) [the run itself]")] = None,
     allow_different_sets: Annotated[bool, typer.Option(
         help="show runs side by side even when their sets of a dataset have different build digests")] = False,
+    aggregate: Annotated[str | None, typer.Option(help=_AGGREGATE_HELP + " [the run's --aggregate, else declared]")] = None,
 ) -> None:
     """Re-render summary.md, per_class.md, the figures and report.html; several runs side by side."""
     from harness.reports import report_runs
 
-    rep = report_runs(runs, out, allow_different_sets)
+    rep = report_runs(runs, out, allow_different_sets, aggregate)
     console.print(rep.summary.read_text().split("## Detail")[0], markup=False, highlight=False)
     console.print(f"wrote {rep.summary}, {rep.per_class}, {len(rep.figures)} figure(s)", markup=False)
     console.print(f"HTML report: {rep.html}", markup=False, highlight=False)

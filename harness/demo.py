@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
-from harness.config import DATASET_NAMES, REPO_ROOT
+from harness.config import REPO_ROOT, dataset_names, load_dataset_config
 from harness.datasets.store import atomic_write_parquet
 from harness.errors import CheckpointError, UssBenchError
 from harness.evaluate import BASELINES, EvalOptions, run_eval
@@ -29,9 +29,24 @@ from harness.models.checkpoints import file_sha256
 from harness.reports import Comparison, compare_runs, render_report, write_baseline
 
 DEMO_ROOT = REPO_ROOT / "datasets" / "demo"
-DEMO_FOLDERS = {"audioset": "audioset", "fsdkaggle2018": "fsdkaggle2018", "fsd50k": "fsd50k",
-                "musdb18": "musdb18hq", "slakh2100": "slakh2100", "voicebank-demand": "voicebank-demand"}
-"""Dataset name → folder under ``datasets/demo``."""
+
+
+def demo_folders() -> dict[str, str]:
+    """Dataset name → its folder under ``datasets/demo`` (each declaration's ``demo_folder``), for the
+    registered datasets whose folder exists. ``DEMO_FOLDERS`` is this dict."""
+    out = {}
+    for name in dataset_names():
+        folder = load_dataset_config(name)["demo_folder"]
+        if (DEMO_ROOT / folder).is_dir():
+            out[name] = folder
+    return out
+
+
+def __getattr__(name: str):
+    if name == "DEMO_FOLDERS":
+        return demo_folders()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 DEMO_CHECKPOINT = REPO_ROOT / "models" / "demo" / "demo_tiny.safetensors"
 """The committed demo model (trained by ``uss-bench train --config models/demo_tiny.toml``)."""
@@ -102,11 +117,12 @@ def run_demo(out: Path, workdir: Path | None = None, jobs: int = 1, quiet: bool 
         verify_demo_checkpoint()
     with tempfile.TemporaryDirectory(prefix="uss-bench-demo-") as tmp:
         wd = Path(workdir) if workdir else Path(tmp)
-        for dataset in DATASET_NAMES:
-            build = build_mixtures(DEMO_ROOT / DEMO_FOLDERS[dataset], wd, BuildOptions(dataset=dataset, jobs=jobs))
+        folders = demo_folders()
+        for dataset, folder in folders.items():
+            build = build_mixtures(DEMO_ROOT / folder, wd, BuildOptions(dataset=dataset, jobs=jobs))
             console.print(f"built {dataset}: {build['counts']['items']} items, {build['counts']['classes']} classes")
-        for dataset in DATASET_NAMES:
-            prov = embed_queries(dataset, checkpoint, DEMO_ROOT / DEMO_FOLDERS[dataset], wd, device="cpu")
+        for dataset, folder in folders.items():
+            prov = embed_queries(dataset, checkpoint, DEMO_ROOT / folder, wd, device="cpu")
             console.print(f"queries {dataset}: {prov['classes']} class(es) from the {prov['split']} split")
         systems = [BASELINES["mixture"](), BASELINES["oracle-irm"](),
                    CheckpointSystem(checkpoint, wd, condition="average", device="cpu"),
@@ -114,7 +130,7 @@ def run_demo(out: Path, workdir: Path | None = None, jobs: int = 1, quiet: bool 
         frames = []
         for system in systems:
             run_dir = out / "runs" / system.name.replace(":", "-").replace("[", "-").replace("]", "")
-            run_eval(system, EvalOptions(datasets=list(DATASET_NAMES), workdir=wd, out=run_dir, jobs=jobs))
+            run_eval(system, EvalOptions(datasets=list(folders), workdir=wd, out=run_dir, jobs=jobs))
             render_report(run_dir)
             frames.append(pd.read_parquet(run_dir / "items.parquet"))
             console.print(f"evaluated {system.name}", markup=False)

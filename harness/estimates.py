@@ -61,6 +61,16 @@ def write_estimate(folder: Path, item_id: str, estimate: np.ndarray, sample_rate
     return path
 
 
+
+def rank_metric(dataset: str) -> str:
+    """The metric ``worst``/``best`` rank a dataset's items by: the first improvement column (``…i``) of
+    its declared report columns (``musdb_sdri`` on MUSDB18), else ``sdri``."""
+    from harness.config import load_dataset_config
+    from harness.metric_registry import metric_spec
+
+    cols = [c["metric"] for c in load_dataset_config(dataset)["columns"]]
+    return next((m for m in cols if metric_spec(m).improvement), "sdri")
+
 class EstimateSaver:
     """Writes the estimates of one eval run (``--save-estimates``) and prunes them to the best/worst items.
 
@@ -92,10 +102,10 @@ class EstimateSaver:
 
     def prune(self, rows: pd.DataFrame, dataset: str, conditions: Sequence[str]) -> int:
         """``worst`` / ``best``: keep the :data:`SAVE_COUNT` ``ok`` items of lowest / highest SDRi per condition
-        (``musdb_sdri`` on MUSDB18; ties by item id), delete the other estimates. Returns files removed."""
+        (:func:`rank_metric`: ``musdb_sdri`` on MUSDB18; ties by item id), delete the other estimates. Returns files removed."""
         if self.mode not in ("worst", "best"):
             return 0
-        metric = "musdb_sdri" if dataset == "musdb18" else "sdri"
+        metric = rank_metric(dataset)
         removed = 0
         for cond in conditions:
             sub = rows[(rows["condition"] == cond) & (rows["status"] == "ok") & rows[metric].notna()]

@@ -91,9 +91,10 @@ from harness.datasets.store import (
     track_length_status,
 )
 from harness.errors import ConfigError, UssBenchError, check_choice
+from harness.metric_registry import metric_columns
 from harness.parallel import Ranks
 from harness.queries import Query, ShotBank, display_name
-from harness.scoring import METRIC_COLUMNS, score_packed, score_task, unscored
+from harness.scoring import METRIC_STATUS, score_packed, score_task, unscored
 from harness.scoring import score as score  # public here too: harness.evaluate.score
 from harness.scoring import score_batch as score_batch
 from harness.systems import BASELINES as BASELINES  # re-exported: older imports keep working
@@ -105,11 +106,47 @@ from harness.tempfiles import remove_stale_temps
 
 log = logging.getLogger(__name__)
 
-ITEM_COLUMNS = ("system", "dataset", "split", "condition", "item_id", "class_id", "label", *METRIC_COLUMNS,
-                "status", "status_detail", "seconds", "checkpoint_sha256", "harness_version", "git_revision")
+def item_columns() -> tuple[str, ...]:
+    """The columns of ``items.parquet`` and of part files, in order: ids, every metric column of the
+    registry (:func:`harness.metric_registry.metric_columns`, read at call time), the statuses,
+    provenance. ``ITEM_COLUMNS`` is this tuple."""
+    return ("system", "dataset", "split", "condition", "item_id", "class_id", "label", *metric_columns(),
+            "status", "status_detail", METRIC_STATUS, "seconds", "checkpoint_sha256", "harness_version",
+            "git_revision")
 
-OPTIONAL_PART_COLUMNS = ("status_detail",)
-"""Columns of :data:`ITEM_COLUMNS` that parts written before they existed may lack (filled with ``""``)."""
+
+OPTIONAL_PART_COLUMNS = ("status_detail", METRIC_STATUS)
+"""Columns of :data:`ITEM_COLUMNS` that parts written before they existed may lack (filled with ``""``).
+A metric column declared after the first schema (``MetricSpec.in_every_part`` false) that a part lacks is
+filled with NaN: an older run folder still resumes (issue 11); a part without one of the first eight is
+refused (issue 15 #18)."""
+
+
+def __getattr__(name: str):
+    # Derived from the metric registry at each access, so a metric declared after import is a column.
+    if name == "ITEM_COLUMNS":
+        return item_columns()
+    if name == "METRIC_COLUMNS":
+        return metric_columns()
+    if name == "PART_VALUE_COLUMNS":
+        return (*metric_columns(), "status")
+    if name == "STRING_COLUMNS":
+        return _string_columns()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def fill_missing_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with the optional columns it lacks (or holds as null) filled: metric columns NaN,
+    ``status_detail``/``metric_status`` ``""`` (rows of parts or runs written before those columns)."""
+    for c in metric_columns():
+        if c not in df.columns:
+            df[c] = np.nan
+    for c in OPTIONAL_PART_COLUMNS:
+        if c not in df.columns:
+            df[c] = ""
+        elif df[c].isna().any():
+            df[c] = df[c].astype(object).where(df[c].notna(), "")
+    return df
 
 PART_ITEMS = 256
 """Default rows per part file (``--part-items``): the most work a killed run loses, in items."""
@@ -159,6 +196,12 @@ class EvalOptions:
     extra: dict[str, Any] = field(default_factory=dict)
     break_lock: bool = False
     """Remove a stale ``<out>/eval.lock`` of a killed run first (:mod:`harness.runlock`)."""
+    metrics: tuple[str, ...] = ()
+    """Changes to each dataset's declared metrics: ``+name``/``+group`` adds an opt-in metric (``+bss``),
+    ``-name`` drops one (:func:`harness.metric_registry.resolve_metrics`)."""
+    aggregate: str | None = None
+    """The aggregation of every report column (a name of :data:`harness.aggregations.AGGREGATIONS`);
+    ``None``: each column's declared one. Recorded in ``run.json``; ``report`` uses it unless given its own."""
 
     def check(self) -> None:
         """Raise ConfigError for a batch size, limit or part size below 1, or bad executor options."""
@@ -171,6 +214,12 @@ class EvalOptions:
         from harness.estimates import SAVE_CHOICES
 
         check_choice("--save-estimates", self.save_estimates, SAVE_CHOICES)
+        from harness.aggregations import aggregation
+        from harness.metric_registry import resolve_metrics
+
+        resolve_metrics((), self.metrics)
+        if self.aggregate is not None:
+            aggregation(self.aggregate)
 
 
 def git_revision() -> str | None:
@@ -234,8 +283,12 @@ def check_part_schema(path: Path, columns: Iterable[str], dtypes: dict[str, Any]
     Raises:
         UssBenchError: names the file and the missing or mistyped columns; says to delete it and resume.
     """
-    missing = [c for c in ITEM_COLUMNS if c not in set(columns) and c not in OPTIONAL_PART_COLUMNS]
-    bad = [c for c in METRIC_COLUMNS if dtypes and c in dtypes and not pd.api.types.is_numeric_dtype(dtypes[c])]
+    from harness.metric_registry import METRICS
+
+    metric_cols = metric_columns()
+    later = [m for m in metric_cols if not METRICS[m].in_every_part]  # declared after the part may have been written
+    missing = [c for c in item_columns() if c not in set(columns) and c not in (*OPTIONAL_PART_COLUMNS, *later)]
+    bad = [c for c in metric_cols if dtypes and c in dtypes and not pd.api.types.is_numeric_dtype(dtypes[c])]
     if missing or bad:
         what = (f"lacks column(s) {', '.join(missing)}" if missing else "") + (
             f"{'; ' if missing else ''}non-numeric metric column(s) {', '.join(bad)}" if bad else "")
@@ -260,15 +313,15 @@ def done_items(out: str | Path, dataset: str, condition: str) -> set[str]:
     return ids
 
 
-PART_VALUE_COLUMNS = (*METRIC_COLUMNS, "status")
-"""Columns that two rows of one (condition, item) must agree on; ``seconds`` and provenance may differ."""
+# PART_VALUE_COLUMNS (module __getattr__): (*metric columns, "status"), the columns that two rows of one
+# (condition, item) must agree on; ``seconds`` and provenance may differ.
 
 
 def _conflicting_duplicates(df: pd.DataFrame, rows: np.ndarray, firsts: np.ndarray) -> np.ndarray:
     """Mask over ``rows``: the duplicate row differs from its key's first row in a value column
     (NaN equals NaN; metric values compared exactly, as a rerun of the same item is bit-identical)."""
     differ = np.zeros(len(rows), bool)
-    for col in PART_VALUE_COLUMNS:
+    for col in (*metric_columns(), "status"):
         values = df[col].to_numpy()
         a, b = values[rows], values[firsts]
         same = pd.isna(a) & pd.isna(b) | (a == b)
@@ -710,7 +763,7 @@ def evaluate_set(system: System, evalset: EvalSet, opts: EvalOptions, common: di
         ``{"computed": rows written}``.
     """
     ranks = ranks or Ranks()
-    cfg = load_dataset_config(evalset.dataset)
+    cfg = scored_config(evalset.dataset, opts)
     manifest = evalset.manifest.iloc[: opts.limit] if opts.limit else evalset.manifest
     conditions = system.conditions(evalset.dataset)
     if done is None:
@@ -737,6 +790,18 @@ def evaluate_set(system: System, evalset: EvalSet, opts: EvalOptions, common: di
             finally:
                 writer.flush()  # rows already computed survive an error in a later unit
     return {"computed": computed}
+
+
+def scored_config(dataset: str, opts: EvalOptions) -> dict[str, Any]:
+    """The dataset's declaration with ``metrics`` = its declared metrics changed by ``opts.metrics``.
+
+    Raises:
+        ConfigError: an unknown metric or group in ``opts.metrics``.
+    """
+    from harness.metric_registry import resolve_metrics
+
+    cfg = load_dataset_config(dataset)
+    return {**cfg, "metrics": resolve_metrics(cfg["metrics"], opts.metrics)}
 
 
 def _check_part_frames(paths: list[Path], frames: list[pd.DataFrame], dataset: str) -> None:
@@ -767,7 +832,7 @@ def merge_parts(out: str | Path, evalset: EvalSet, conditions: Sequence[str], li
     frames = [_read_part(p) for p in paths]
     _check_part_frames(paths, frames, evalset.dataset)
     source = np.repeat(np.arange(len(frames)), [len(f) for f in frames]).astype(np.int64)
-    df = pd.concat(frames, ignore_index=True) if frames else items_frame([])
+    df = fill_missing_columns(pd.concat(frames, ignore_index=True)) if frames else items_frame([])
     del frames  # memory: one copy of the rows at a time (peak RSS must not grow with the items, issue 5)
     # Each row's key (condition position × items + manifest position) through two hash lookups, then
     # np.unique: it drops the rows outside this run, keeps the first row of each key in part order
@@ -806,7 +871,7 @@ def merge_parts(out: str | Path, evalset: EvalSet, conditions: Sequence[str], li
         raise UssBenchError(f"{parts_dir(out, evalset.dataset)}: {len(missing)} item(s) have no row "
                             f"(first: condition {conditions[c]}, {manifest['item_id'].iloc[i]}); rerun with --resume")
     df = split_status(df)
-    columns = [df.columns.get_loc(c) for c in ITEM_COLUMNS]
+    columns = [df.columns.get_loc(c) for c in item_columns()]
     return df.iloc[first, columns].reset_index(drop=True), n_dup
 
 
@@ -943,7 +1008,7 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
         "system": system.name,
         "checkpoint_sha256": system.checkpoint_sha256,
         "system_info": describe_system(system),
-        "sample_rates": {s.dataset: sample_rates(system, s) for s in sets},
+        "sample_rates": {s.dataset: sample_rates(system, s, opts) for s in sets},
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
         "datasets": opts.datasets,
         "builds": {s.dataset: {"digest": s.build["digest"], "path": str(s.path)} for s in sets},
@@ -965,7 +1030,7 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
     atomic_write_text(out / "run.json", json.dumps(run, indent=2, default=str) + "\n")
     from harness.results import write_results
 
-    write_results(out, items)
+    write_results(out, items, opts.aggregate)
     return run
 
 
@@ -976,14 +1041,14 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def sample_rates(system: System, evalset: EvalSet) -> dict[str, Any]:
+def sample_rates(system: System, evalset: EvalSet, opts: EvalOptions | None = None) -> dict[str, Any]:
     """The rates (Hz) a run used on a set: the system's input and output, the set's (scoring input, SDR
-    family) and each metric's own rate (PESQ and SSNR resample to ``metric_sample_rate``)."""
-    cfg = load_dataset_config(evalset.dataset)
+    family) and each metric's own rate (its registry record's: PESQ and SSNR at 16 kHz)."""
+    from harness.metric_registry import metric_spec
+
+    cfg = scored_config(evalset.dataset, opts) if opts is not None else load_dataset_config(evalset.dataset)
     set_rate = int(cfg["sample_rate"])
-    speech = int(cfg.get("metric_sample_rate", set_rate))
-    metric_rate = {"sdr": set_rate, "sdri": set_rate, "si_sdr": set_rate, "si_sdri": set_rate,
-                   "musdb_sdr": set_rate, "musdb_sdri": set_rate, "pesq": speech, "ssnr": speech}
+    metric_rate = {m: metric_spec(m).rate(set_rate, int(system.sample_rate)) for m in cfg["metrics"]}
     return {"system": int(system.sample_rate), "set": set_rate,
             "system_input": "corpus files read at the system rate" if evalset.virtual
             else f"{set_rate}-Hz set rows resampled (soxr HQ)" if int(system.sample_rate) != set_rate
@@ -991,15 +1056,17 @@ def sample_rates(system: System, evalset: EvalSet) -> dict[str, Any]:
             "metrics": {m: metric_rate[m] for m in cfg["metrics"] if m in metric_rate}}
 
 
-STRING_COLUMNS = tuple(c for c in ITEM_COLUMNS if c not in (*METRIC_COLUMNS, "seconds", "class_id"))
-"""Columns of ``items.parquet`` that are strings (Parquet ``string`` even when every value is null)."""
+def _string_columns() -> tuple[str, ...]:
+    """Columns of ``items.parquet`` that are strings (Parquet ``string`` even when every value is null)."""
+    return tuple(c for c in item_columns() if c not in (*metric_columns(), "seconds", "class_id"))
 
 
 def items_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Rows → the ``items.parquet`` frame with the canonical column order and dtypes (statuses split by
     :func:`split_status`)."""
-    df = pd.DataFrame.from_records(rows, columns=list(ITEM_COLUMNS))
-    for c in (*METRIC_COLUMNS, "seconds"):
+    df = pd.DataFrame.from_records(rows, columns=list(item_columns()))
+    df = fill_missing_columns(df)
+    for c in (*metric_columns(), "seconds"):
         df[c] = df[c].astype("float64")
     df["class_id"] = df["class_id"].astype("int64")
     return stable_types(split_status(df))
@@ -1037,7 +1104,7 @@ def stable_types(df: pd.DataFrame) -> pd.DataFrame:
     """A string column whose values are all null (``checkpoint_sha256`` of a baseline, ``git_revision``
     outside git) as pandas ``string``, so that Parquet stores it as ``string``, not ``null``: a folder of runs
     then has one schema (DuckDB ``read_parquet('runs/*/items.parquet')`` needs no options). Returns ``df``."""
-    for c in STRING_COLUMNS:
+    for c in _string_columns():
         if c in df.columns and df[c].dtype == object and df[c].isna().all():
             df[c] = df[c].astype("string")
     return df

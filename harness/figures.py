@@ -9,7 +9,7 @@ horizontal box plots (median line, quartile box, whiskers at 1.5 IQR, outliers a
 items also show every value as a diamond in the system's colour), classes sorted
 by the median of one *sort system* (the first non-baseline system with ``ok`` rows on the dataset, else
 the first system; named in the title), best at the top, as Fig. 2 of Kong et al. 2020. The metric is the
-dataset's own (:data:`FIGURE_METRICS`): SDRi, MUSDB18's framewise SDR per stem, Voicebank-Demand's PESQ
+dataset's own (:func:`figure_metrics`, from its declaration): SDRi, MUSDB18's framewise SDR per stem, Voicebank-Demand's PESQ
 and SSNR.
 
 A dataset with more than :data:`MAX_NAMED_CLASSES` classes (AudioSet's 527, FSD50K's 200) cannot show
@@ -32,17 +32,34 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from harness.config import DATASET_NAMES
+from harness.config import dataset_names, load_dataset_config
+from harness.metric_registry import METRICS
 
-FIGURE_METRICS = {
-    "audioset": ("sdri",), "fsdkaggle2018": ("sdri",), "fsd50k": ("sdri",), "musdb18": ("musdb_sdr",),
-    "slakh2100": ("sdri",), "voicebank-demand": ("pesq", "ssnr"),
-}
-"""The metric(s) of each dataset's per-class figure: the dataset's own headline metric."""
 
-METRIC_AXIS = {"sdr": "SDR (dB)", "sdri": "SDRi (dB)", "musdb_sdr": "SDR (dB, BSSEval v4 framewise median)",
-               "musdb_sdri": "SDRi (dB, framewise)", "pesq": "PESQ (MOS-LQO, P.862.2 wide band)",
-               "ssnr": "SSNR (dB)"}
+def figure_metrics() -> dict[str, tuple[str, ...]]:
+    """The metric(s) of each dataset's per-class figure: its declaration's ``figure_metrics`` (the
+    dataset's own headline metric). ``FIGURE_METRICS`` is this dict."""
+    return {d: tuple(load_dataset_config(d)["figure_metrics"]) for d in dataset_names()}
+
+
+def metric_axis() -> dict[str, str]:
+    """Axis label of each metric column (its registry record's :attr:`~harness.metric_registry.MetricSpec.axis`).
+    ``METRIC_AXIS`` is this dict."""
+    return {name: spec.axis for name, spec in METRICS.items()}
+
+
+def __getattr__(name: str):
+    # Derived from the declarations at each access (a dataset or metric declared later is included).
+    if name == "FIGURE_METRICS":
+        return figure_metrics()
+    if name == "METRIC_AXIS":
+        return metric_axis()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _axis(metric: str) -> str:
+    return METRICS[metric].axis if metric in METRICS else metric
+
 
 CONDITION_PREFERENCE = ("average", "oracle", "none")
 """The condition a system's boxes are drawn from: the first it has ``ok`` rows for (as Table 2)."""
@@ -195,7 +212,7 @@ def _box_panel(ax, series: Sequence[Series], classes: Sequence[str], metric: str
                   fontsize=8 if len(classes) <= 20 else 6)
     ax.set_ylim(len(classes) - 0.5, -0.5)
     ax.grid(axis="x", linewidth=0.3, alpha=0.6)
-    ax.set_xlabel(METRIC_AXIS.get(metric, metric))
+    ax.set_xlabel(_axis(metric))
     if metric in ("sdr", "sdri", "musdb_sdr", "musdb_sdri", "ssnr"):
         ax.axvline(0, color="black", linewidth=0.5)
 
@@ -232,7 +249,7 @@ def dataset_figure(items: pd.DataFrame, dataset: str, systems: Sequence[str], co
         return None
     plt = _pyplot()
     present = [s.system for s in series]
-    metrics = FIGURE_METRICS.get(dataset, ("sdri",))
+    metrics = figure_metrics().get(dataset, ("sdri",))
     ref = sort_system(series)
     n_sys = len(series)
     row_h = max(0.28, 0.14 * n_sys)
@@ -244,7 +261,7 @@ def dataset_figure(items: pd.DataFrame, dataset: str, systems: Sequence[str], co
                                  layout="constrained")
         for ax, metric in zip(axes[0], metrics, strict=True):
             _box_panel(ax, series, classes, metric, colors)
-            ax.set_title(METRIC_AXIS.get(metric, metric).split(" (")[0], fontsize=10)
+            ax.set_title(_axis(metric).split(" (")[0], fontsize=10)
         _title(fig, f"{dataset}: per-utterance distribution (median over utterances in Table 2){note}")
     else:
         metric = metrics[0]
@@ -270,7 +287,7 @@ def dataset_figure(items: pd.DataFrame, dataset: str, systems: Sequence[str], co
                 med = np.sort(s.ok.groupby("label")[metric].median().dropna().to_numpy())[::-1]
                 ax_curve.plot(np.arange(1, len(med) + 1), med, color=colors[s.system], linewidth=1.5)
             ax_curve.set_xlabel("class rank (each system's class medians sorted, best first)")
-            ax_curve.set_ylabel(f"class median {METRIC_AXIS.get(metric, metric)}")
+            ax_curve.set_ylabel(f"class median {_axis(metric)}")
             ax_curve.set_title(f"all {len(classes)} classes", fontsize=9)
             ax_curve.grid(linewidth=0.3, alpha=0.6)
             ax_curve.axhline(0, color="black", linewidth=0.5)
@@ -338,7 +355,8 @@ def table2_figure(cells: dict[str, dict[str, tuple[float, int, int]]], columns: 
 def ordered_datasets(items: pd.DataFrame) -> list[str]:
     """The datasets of ``items`` in Table 2 order (unknown names last, sorted)."""
     present = set(items["dataset"].unique())
-    return [d for d in DATASET_NAMES if d in present] + sorted(present - set(DATASET_NAMES))
+    names = dataset_names()
+    return [d for d in names if d in present] + sorted(present - set(names))
 
 
 def snr_figure(table: pd.DataFrame, systems: Sequence[str], colors: dict):

@@ -50,7 +50,7 @@ from joblib import delayed
 
 import harness
 from harness.audio import AudioRef, audio_info, fix_length, read_audio, resample, resolve_audio_path
-from harness.config import load_dataset_config
+from harness.config import class_labels, load_dataset_config
 from harness.datasets import get_corpus
 from harness.datasets.base import Clip, Corpus, Track
 from harness.datasets.store import (
@@ -177,11 +177,10 @@ def plan_clips(corpus: Corpus, clips: list[Clip], cfg: dict, opts: BuildOptions)
     per_class = opts.per_class or cfg["items_per_class"]
     small = cfg.get("small_classes", {})
     max_uses = int(small.get("max_uses_per_clip", 1))
-    any_label = corpus.name == "audioset"
     plan = Plan(specs=[])
     by_label: dict[str, list[int]] = {}
     for i, clip in enumerate(clips):
-        for label in clip.labels if any_label else clip.labels[:1]:
+        for label in class_labels(cfg, clip.labels):
             by_label.setdefault(label, []).append(i)
     for class_id, label in enumerate(vocab):
         candidates = by_label.get(label, [])
@@ -550,13 +549,15 @@ def _fingerprint(refs: Iterable[AudioRef], root: Path) -> dict[str, Any]:
 
 
 def resolve_anchor(corpus: Corpus, cfg: dict, opts: BuildOptions) -> str:
-    """The anchor rule of a build: FSD clips start at 0 (tiled); AudioSet per ``--anchor``.
+    """The anchor rule of a build: a dataset whose declaration has no ``anchor`` (FSD clips) starts at 0
+    (tiled); one that declares it (AudioSet) per ``--anchor``.
 
     ``sed`` is the default when a SED checkpoint is given (the paper's rule), else the TOML's.
     """
-    if corpus.name != "audioset":
+    if cfg.get("anchor") is None:
         if opts.anchor not in (None, "start"):
-            raise ConfigError(f"--anchor applies to AudioSet only; {corpus.title} segments start at 0 s")
+            raise ConfigError(f"--anchor applies to datasets that declare an anchor (AudioSet) only; "
+                              f"{corpus.title} segments start at 0 s")
         return "start"
     anchor = opts.anchor or ("sed" if opts.sed_checkpoint else cfg.get("anchor", "energy"))
     if anchor not in ANCHOR_MODES:

@@ -25,7 +25,7 @@ import numpy as np
 
 import harness
 from harness.audio import AudioRef
-from harness.config import load_dataset_config
+from harness.config import class_labels, load_dataset_config
 from harness.datasets import get_corpus
 from harness.datasets.store import atomic_dir
 from harness.errors import UssBenchError
@@ -39,16 +39,17 @@ def query_dir(workdir: str | Path, dataset: str, checkpoint_sha256: str) -> Path
 def query_files(dataset: str, root: str | Path, split: str) -> dict[str, list[AudioRef]]:
     """The recordings of each class in the query split.
 
-    AudioSet: a clip counts for every class it carries; FSD corpora: its primary label (as the
-    evaluation sets); track corpora: each source counts for its label (stem, plugin, speech).
+    Clips count by the dataset's ``label_rule``: every class it carries (AudioSet, ``all-tags``) or its
+    primary label (FSD corpora, ``primary``), as the evaluation sets; track corpora: each source counts for its label (stem, plugin, speech).
     """
     corpus = get_corpus(dataset, root)
     corpus.check()
     corpus.check_split(split)
+    cfg = load_dataset_config(dataset)
     groups: dict[str, list[AudioRef]] = {}
     if corpus.kind == "clips":
         for clip in corpus.clips(split):
-            for label in clip.labels if dataset == "audioset" else clip.labels[:1]:
+            for label in class_labels(cfg, clip.labels):
                 groups.setdefault(label, []).append(clip.audio)
     else:
         for track in corpus.tracks(split):

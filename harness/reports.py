@@ -24,72 +24,96 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.config import DATASET_NAMES, REPO_ROOT
+from harness import aggregations
+from harness.config import REPO_ROOT, dataset_names, load_dataset_config
 from harness.datasets.store import atomic_write_text
 from harness.errors import UssBenchError
+from harness.metric_registry import usable_mask
 
-TABLE2 = (
-    # (column key, header, dataset, metric, condition preference, aggregate)
-    ("audioset_sdri_oracle", "AudioSet SDRi ora. emb", "audioset", "sdri", ("oracle", "none"), "class-median-mean"),
-    ("audioset_sdri_average", "AudioSet SDRi avg. emb", "audioset", "sdri", ("average", "none"), "class-median-mean"),
-    ("fsdkaggle2018_sdr", "FSDK2018 SDR", "fsdkaggle2018", "sdr", ("average", "oracle", "none"), "class-median-mean"),
-    ("fsdkaggle2018_sdri", "FSDK2018 SDRi", "fsdkaggle2018", "sdri", ("average", "oracle", "none"), "class-median-mean"),
-    ("fsd50k_sdr", "FSD50K SDR", "fsd50k", "sdr", ("average", "oracle", "none"), "class-median-mean"),
-    ("fsd50k_sdri", "FSD50K SDRi", "fsd50k", "sdri", ("average", "oracle", "none"), "class-median-mean"),
-    ("musdb18_sdr", "MUSDB18 SDR", "musdb18", "musdb_sdr", ("average", "oracle", "none"), "class-median-mean"),
-    ("musdb18_sdri", "MUSDB18 SDRi", "musdb18", "musdb_sdri", ("average", "oracle", "none"), "class-median-mean"),
-    ("slakh2100_sdr", "Slakh2100 SDR", "slakh2100", "sdr", ("average", "oracle", "none"), "class-median-mean"),
-    ("slakh2100_sdri", "Slakh2100 SDRi", "slakh2100", "sdri", ("average", "oracle", "none"), "class-median-mean"),
-    ("voicebank_pesq", "Voicebank PESQ", "voicebank-demand", "pesq", ("average", "oracle", "none"), "median"),
-    ("voicebank_ssnr", "Voicebank SSNR", "voicebank-demand", "ssnr", ("average", "oracle", "none"), "median"),
-)
-"""The paper's Table 2 columns and how each is computed from ``items.parquet``.
-
-A cell uses the first condition of its preference list that the system has rows for: average queries
-as in the paper; a run evaluated with oracle queries only (system name ending ``[oracle]``) fills the
-columns from its oracle rows; baselines have ``none``."""
-
-HEADLINE = {
-    "audioset": ("sdri",), "fsdkaggle2018": ("sdr", "sdri"), "fsd50k": ("sdr", "sdri"),
-    "musdb18": ("musdb_sdr", "musdb_sdri"), "slakh2100": ("sdr", "sdri"), "voicebank-demand": ("pesq", "ssnr"),
-}
-"""Metrics that ``compare`` gates on, per dataset (the Table 2 metrics)."""
+TABLE2_COLUMNS = ("key", "header", "dataset", "metric", "conditions", "aggregate")
+"""The fields of a report column, as :func:`table2` gives them."""
 
 
-def aggregate(values: pd.Series, labels: pd.Series, how: str) -> float:
-    """One aggregate of a metric column.
+def table2() -> tuple[tuple[str, str, str, str, tuple[str, ...], str], ...]:
+    """The report columns, derived from the declarations: each registered dataset's ``[[columns]]``
+    (:mod:`harness.config`), in registry order; for the six paper corpora the paper's Table 2 columns.
+
+    Returns:
+        ``(column key, header, dataset, metric, condition preference, aggregate)`` per column. A cell
+        uses the first condition of its preference list that the system has rows for: average queries as
+        in the paper; a run evaluated with oracle queries only (system name ending ``[oracle]``) fills the
+        columns from its oracle rows; baselines have ``none``. ``TABLE2`` is this tuple.
+    """
+    out = []
+    for dataset in dataset_names():
+        for col in load_dataset_config(dataset)["columns"]:
+            out.append((col["key"], col["header"], dataset, col["metric"], tuple(col["conditions"]),
+                        col["aggregate"]))
+    return tuple(out)
+
+
+def headline() -> dict[str, tuple[str, ...]]:
+    """Metrics that ``compare`` gates on, per dataset: the metrics of its report columns (the Table 2
+    metrics), else its first declared metric. ``HEADLINE`` is this dict."""
+    out = {}
+    for dataset in dataset_names():
+        cfg = load_dataset_config(dataset)
+        out[dataset] = tuple(dict.fromkeys(c["metric"] for c in cfg["columns"])) or tuple(cfg["metrics"][:1])
+    return out
+
+
+def __getattr__(name: str):
+    # Derived from the dataset declarations at each access (a corpus registered later is included).
+    if name == "TABLE2":
+        return table2()
+    if name == "HEADLINE":
+        return headline()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def aggregate(values: pd.Series, labels: pd.Series, how: str, item_ids: pd.Series | None = None) -> float:
+    """One aggregate of a metric column (:func:`harness.aggregations.apply`).
 
     Args:
-        values: metric values of the ``ok`` rows (NaN ignored).
-        labels: the rows' class labels (for ``class-median-mean``).
-        how: ``class-median-mean``, ``median`` or ``mean``.
+        values: metric values of the usable rows (NaN ignored).
+        labels: the rows' class labels (for ``class-median-mean``, ``track-median-stem-mean``).
+        how: an aggregation name of :data:`harness.aggregations.AGGREGATIONS`.
+        item_ids: the rows' item ids (the track of ``track-median-stem-mean``).
 
     Returns:
         the aggregate, NaN when no finite value is left.
+
+    Raises:
+        ConfigError: unknown aggregation ("did you mean …").
     """
-    frame = pd.DataFrame({"v": values.to_numpy(dtype=float), "c": labels.to_numpy()}).dropna()
-    if frame.empty:
-        return float("nan")
-    if how == "class-median-mean":
-        return float(frame.groupby("c")["v"].median().mean())
-    if how == "median":
-        return float(frame["v"].median())
-    if how == "mean":
-        return float(frame["v"].mean())
-    raise ValueError(f"unknown aggregate {how!r}")
+    return aggregations.apply(how, values.to_numpy(dtype=float), labels.to_numpy(),
+                              None if item_ids is None else item_ids.to_numpy())
 
 
-def aggregate_kind(dataset: str) -> str:
-    """How Table 2 aggregates a dataset: ``median`` over Voicebank utterances, else ``class-median-mean``."""
-    return "median" if dataset == "voicebank-demand" else "class-median-mean"
+def aggregate_kind(dataset: str, metric: str | None = None) -> str:
+    """How a dataset's ``metric`` is aggregated: the aggregation of its declared report column for that
+    metric, else the dataset's declared ``aggregate``; ``class-median-mean`` for a dataset that is not
+    registered (the rows of an older run)."""
+    from harness.datasets import CORPORA
+
+    if dataset not in CORPORA:
+        return "class-median-mean"
+    cfg = load_dataset_config(dataset)
+    return next((c["aggregate"] for c in cfg["columns"] if c["metric"] == metric), cfg["aggregate"])
 
 
-def dataset_aggregate(items: pd.DataFrame, dataset: str, metric: str, condition: str | None = None) -> float:
-    """The Table 2 aggregate of ``metric`` on ``dataset`` (``ok`` rows; optional condition filter)."""
-    rows = items[(items["dataset"] == dataset) & (items["status"] == "ok")]
+def dataset_aggregate(items: pd.DataFrame, dataset: str, metric: str, condition: str | None = None,
+                      how: str | None = None) -> float:
+    """The aggregate of ``metric`` on ``dataset`` over its usable rows
+    (:func:`harness.metric_registry.usable_mask`; optional condition filter), by ``how`` (default: the
+    declared one, :func:`aggregate_kind`). NaN when the column is absent (an older run)."""
+    rows = items[items["dataset"] == dataset]
     if condition is not None:
         rows = rows[rows["condition"] == condition]
-    return aggregate(rows[metric], rows["label"], aggregate_kind(dataset))
+    rows = rows[usable_mask(rows, metric)]
+    if rows.empty:
+        return float("nan")
+    return aggregate(rows[metric], rows["label"], how or aggregate_kind(dataset, metric), rows["item_id"])
 
 
 def bootstrap_mean(values: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
@@ -111,13 +135,14 @@ def cell_condition(sub: pd.DataFrame, prefs: tuple[str, ...]) -> str | None:
     return next((c for c in prefs if c in present), present[0] if present else None)
 
 
-def table2_row(items: pd.DataFrame) -> dict[str, float]:
-    """The Table 2 cells of one system's items (NaN for datasets not evaluated)."""
+def table2_row(items: pd.DataFrame, aggregate: str | None = None) -> dict[str, float]:
+    """The Table 2 cells of one system's items (NaN for datasets not evaluated); ``aggregate`` replaces
+    each column's declared aggregation."""
     row = {}
-    for key, _, dataset, metric, prefs, _how in TABLE2:
+    for key, _, dataset, metric, prefs, how in table2():
         sub = items[items["dataset"] == dataset]
         cond = cell_condition(sub, prefs)
-        row[key] = dataset_aggregate(items, dataset, metric, cond) if cond else float("nan")
+        row[key] = dataset_aggregate(items, dataset, metric, cond, aggregate or how) if cond else float("nan")
     return row
 
 
@@ -147,8 +172,9 @@ def markdown_table(header: list[str], rows: list[list[str]], align: str | None =
     return "\n".join(lines)
 
 
-def table2_cells(items: pd.DataFrame) -> dict[str, tuple[float, int, int]]:
-    """The Table 2 cells of one system's items with their coverage.
+def table2_cells(items: pd.DataFrame, aggregate: str | None = None) -> dict[str, tuple[float, int, int]]:
+    """The Table 2 cells of one system's items with their coverage (``aggregate`` replaces each column's
+    declared aggregation; a column absent from ``items``, from an older run, gives NaN).
 
     Returns:
         ``{column key: (value, ok rows, rows)}``: the aggregate (NaN when not computed), and how many of
@@ -157,15 +183,15 @@ def table2_cells(items: pd.DataFrame) -> dict[str, tuple[float, int, int]]:
         was not evaluated.
     """
     out = {}
-    for key, _, dataset, metric, prefs, _how in TABLE2:
+    for key, _, dataset, metric, prefs, how in table2():
         sub = items[items["dataset"] == dataset]
         cond = cell_condition(sub, prefs)
         if cond is None:
             out[key] = (float("nan"), 0, 0)
             continue
         rows = sub[sub["condition"] == cond]
-        ok = rows[(rows["status"] == "ok") & rows[metric].notna()]
-        out[key] = (dataset_aggregate(items, dataset, metric, cond), len(ok), len(rows))
+        ok = int(usable_mask(rows, metric).sum())
+        out[key] = (dataset_aggregate(items, dataset, metric, cond, aggregate or how), ok, len(rows))
     return out
 
 
@@ -331,8 +357,8 @@ class Report:
     """The self-contained ``report.html``."""
 
 
-def report_runs(runs: list[str | Path], out: str | Path | None = None, allow_different_sets: bool = False
-                ) -> Report:
+def report_runs(runs: list[str | Path], out: str | Path | None = None, allow_different_sets: bool = False,
+                aggregate: str | None = None) -> Report:
     """Render one report of several runs (or folders of runs) side by side into ``out``.
 
     With one run and no ``out`` (or ``out`` the run itself) the run's own folder is re-rendered. Otherwise
@@ -344,7 +370,7 @@ def report_runs(runs: list[str | Path], out: str | Path | None = None, allow_dif
     """
     expanded = expand_runs(runs)
     if len(expanded) == 1 and (out is None or Path(out).resolve() == expanded[0].resolve()):
-        return render_report(expanded[0])
+        return render_report(expanded[0], aggregate)
     if out is None:
         raise UssBenchError(f"{len(expanded)} runs make one report: name its folder with --out DIR")
     from harness.datasets.store import atomic_write_parquet
@@ -354,21 +380,23 @@ def report_runs(runs: list[str | Path], out: str | Path | None = None, allow_dif
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_parquet(items, out / "items.parquet")
     atomic_write_text(out / SOURCES_JSON, json.dumps({"runs": [s.as_json() for s in sources]}, indent=2) + "\n")
-    return render_report(out)
+    return render_report(out, aggregate)
 
 
-def table2_markdown(items: pd.DataFrame, systems: list[str]) -> tuple[str, dict[str, dict]]:
+def table2_markdown(items: pd.DataFrame, systems: list[str], aggregate: str | None = None
+                    ) -> tuple[str, dict[str, dict]]:
     """The Table 2 section's table (ours with coverage markers, then the paper's rows) and its cells."""
-    header = ["system", *[h for _, h, *_ in TABLE2]]
+    cols = table2()
+    header = ["system", *[h for _, h, *_ in cols]]
     rows, cells = [], {}
     for system in systems:
         sub = items[items["system"] == system]
-        cells[system] = table2_cells(sub)
+        cells[system] = table2_cells(sub, aggregate)
         own = [c for c in dict.fromkeys(sub["condition"]) if c not in ("average", "oracle", "none")]
         name = f"**{system}**" + (f" (query mode: {', '.join(own)})" if own else "")  # Table 2 names the mode
-        rows.append([name, *[format_cell(cells[system][k]) for k, *_ in TABLE2]])
+        rows.append([name, *[format_cell(cells[system][k]) for k, *_ in cols]])
     for name, paper in paper_rows():
-        rows.append([name, *[_fmt(paper.get(k, float("nan")), 2) for k, *_ in TABLE2]])
+        rows.append([name, *[_fmt(paper.get(k, float("nan")), 2) for k, *_ in cols]])
     return markdown_table(header, rows), cells
 
 
@@ -380,12 +408,13 @@ def detail_rows(items: pd.DataFrame, systems: list[str]) -> list[dict]:
         mean, ci_low, ci_high`` (floats NaN when nothing is ``ok``).
     """
     out = []
+    heads = headline()
     for system in systems:
         sub_sys = items[items["system"] == system]
-        for dataset in DATASET_NAMES:
-            for metric in HEADLINE[dataset]:
+        for dataset in heads:
+            for metric in heads[dataset]:
                 for cond, sub in sub_sys[sub_sys["dataset"] == dataset].groupby("condition", sort=False):
-                    ok = sub[sub["status"] == "ok"]
+                    ok = sub[usable_mask(sub, metric)]
                     mean, lo, hi = bootstrap_mean(ok[metric].to_numpy())
                     out.append({"system": system, "dataset": dataset, "condition": cond, "metric": metric,
                                 "rows": len(sub), "ok": len(ok), "classes": int(ok["label"].nunique()),
@@ -420,8 +449,12 @@ CONVENTIONS = (
     "Numbers on the dev or demo corpora are not comparable with the paper's.")
 
 
-def render_report(run_dir: str | Path) -> Report:
+def render_report(run_dir: str | Path, aggregate: str | None = None) -> Report:
     """(Re-)render a report folder from its ``items.parquet``.
+
+    ``aggregate`` (an aggregation name) replaces every column's declared aggregation; default: the one
+    the run was evaluated with (``run.json`` ``options.aggregate``), else the declarations'. The name used
+    is recorded in ``results.json`` (``convention``) and stated under the table.
 
     Writes ``summary.md`` (Table 2 with coverage markers, detail with CIs, item status), ``per_class.md``,
     the figures ``table2.png`` and ``per_class_<dataset>.png`` (:mod:`harness.figures`) and the
@@ -440,6 +473,9 @@ def render_report(run_dir: str | Path) -> Report:
     sources = run_sources(run_dir, items)
     run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
     systems = list(dict.fromkeys(items["system"]))
+    aggregate = aggregate or run.get("options", {}).get("aggregate")
+    if aggregate is not None:
+        aggregations.aggregation(aggregate)
     parts = [f"# uss-bench report: {', '.join(systems) or 'no items'}", ""]
     if run.get("git_revision") or run.get("checkpoint_sha256"):
         parts.append(f"harness {run.get('versions', {}).get('harness', '?')}, git {run.get('git_revision')}, "
@@ -448,11 +484,14 @@ def render_report(run_dir: str | Path) -> Report:
     if (run_dir / SOURCES_JSON).is_file():
         parts.append("Runs: " + "; ".join(f"`{s.label}` ({s.path})" for s in sources))
         parts.append("")
-    table2, cells = table2_markdown(items, systems)
+    table2_md, cells = table2_markdown(items, systems, aggregate)
     from harness.results import write_results
 
-    write_results(run_dir, items)  # the same cells for machines
-    parts += ["## Table 2 (paper layout)", "", table2, "", CONVENTIONS, "",
+    write_results(run_dir, items, aggregate)  # the same cells for machines
+    conventions = CONVENTIONS if aggregate is None else (
+        f"Aggregation: every column is `{aggregate}` ({aggregations.aggregation(aggregate).description}), "
+        "chosen with --aggregate, not the declared per-column conventions. " + CONVENTIONS)
+    parts += ["## Table 2 (paper layout)", "", table2_md, "", conventions, "",
               "HTML report (tables, figures, audio): [report.html](report.html)", ""]
     parts += ["## Detail per dataset", ""]
     detail = [[r["system"], r["dataset"], r["condition"], r["metric"], str(r["ok"]), str(r["classes"]),
@@ -479,7 +518,7 @@ def render_report(run_dir: str | Path) -> Report:
     with F.figure_style():
         paper = paper_rows()
         present = set(items["dataset"])
-        fig = F.table2_figure(cells, [(k, h) for k, h, d, *_ in TABLE2 if d in present], paper[0][1] if paper else {},
+        fig = F.table2_figure(cells, [(k, h) for k, h, d, *_ in table2() if d in present], paper[0][1] if paper else {},
                               colors,
                               paper[0][0] if paper else "paper")
         if fig is not None:
@@ -515,12 +554,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
+def _class_table_metrics(dataset: str, sub: pd.DataFrame) -> list[str]:
+    """The per-class table's metrics of a dataset (its declared ``class_table_metrics``; ``sdri`` for a
+    dataset no longer registered), those present in ``sub``."""
+    from harness.datasets import CORPORA
+
+    wanted = load_dataset_config(dataset)["class_table_metrics"] if dataset in CORPORA else ["sdri"]
+    return [m for m in wanted if m in sub.columns]
+
+
 def per_class_markdown(items: pd.DataFrame) -> str:
     """Median SDR / SDRi (MUSDB: framewise SDR; Voicebank: PESQ, SSNR) per class, per system and dataset."""
     parts = ["# Per-class results", "", "Medians over the `ok` items of each class.", ""]
     for (system, dataset, cond), sub in items.groupby(["system", "dataset", "condition"], sort=False):
-        metrics = HEADLINE[dataset] if dataset != "audioset" else ("sdr", "sdri")
-        ok = sub[sub["status"] == "ok"]
+        metrics = _class_table_metrics(dataset, sub)
+        ok = sub.assign(**{m: sub[m].where(usable_mask(sub, m)) for m in metrics})
+        ok = ok[(ok["status"] == "ok") | ok[list(metrics)].notna().any(axis=1)]
         table = ok.groupby(["class_id", "label"])[list(metrics)].median().reset_index()
         counts = sub.groupby("label").size()
         rows = [[f"{r.class_id}", str(r.label), str(int(counts.get(r.label, 0))),
@@ -655,7 +704,8 @@ def compare_runs(base: str | Path, cand: str | Path, tolerance_db: float = 0.1, 
     a, b = load_items(base), load_items(cand)
     if not allow_different_sets:
         check_same_sets(base, cand)
-    metrics = sorted({m for ms in HEADLINE.values() for m in ms} | {"sdri"})
+    heads = headline()
+    metrics = sorted({m for ms in heads.values() for m in ms} | {"sdri"})
     notes = {m: _metric_note(m, a, b) for m in metrics}
     a = a.assign(**{m: np.nan for m in metrics if m not in a.columns})
     b = b.assign(**{m: np.nan for m in metrics if m not in b.columns})
@@ -677,10 +727,10 @@ def compare_runs(base: str | Path, cand: str | Path, tolerance_db: float = 0.1, 
     both_ok = merged[(merged["status_base"] == "ok") & (merged["status_cand"] == "ok")]
     rows = []
     for (system, dataset, cond), sub in both_ok.groupby(["system", "dataset", "condition"], sort=False):
-        how = aggregate_kind(dataset)
-        for metric in HEADLINE.get(dataset, ("sdri",)):
-            va = aggregate(sub[f"{metric}_base"], sub["label_base"], how)
-            vb = aggregate(sub[f"{metric}_cand"], sub["label_base"], how)
+        for metric in heads.get(dataset, ("sdri",)):
+            how = aggregate_kind(dataset, metric)
+            va = aggregate(sub[f"{metric}_base"], sub["label_base"], how, sub["item_id"])
+            vb = aggregate(sub[f"{metric}_cand"], sub["label_base"], how, sub["item_id"])
             rows.append({"system": system, "dataset": dataset, "condition": cond, "metric": metric,
                          "aggregate": how, "items": len(sub), "base": va, "candidate": vb, "delta": vb - va,
                          "note": notes[metric]})
@@ -714,11 +764,12 @@ def write_baseline(run: str | Path, baseline_dir: str | Path) -> Path:
     atomic_write_parquet(items, out / "items.parquet")
     ok = items[items["status"] == "ok"]
     lines = ["system,dataset,condition,metric,aggregate,items,value"]
+    heads = headline()
     for (system, dataset, cond), sub in ok.groupby(["system", "dataset", "condition"], sort=True):
-        how = aggregate_kind(dataset)
-        for metric in HEADLINE.get(dataset, ("sdri",)):
-            lines.append(f"{system},{dataset},{cond},{metric},{how},{len(sub)},"
-                         f"{aggregate(sub[metric], sub['label'], how):.4f}")
+        for metric in heads.get(dataset, ("sdri",)):
+            how = aggregate_kind(dataset, metric)
+            value = aggregate(sub[metric], sub["label"], how, sub["item_id"]) if metric in sub else float("nan")
+            lines.append(f"{system},{dataset},{cond},{metric},{how},{len(sub)},{value:.4f}")
     atomic_write_text(out / "aggregates.csv", "\n".join(lines) + "\n")
     render_report(out)
     return out

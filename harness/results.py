@@ -2,8 +2,10 @@
 
 One record per (system, dataset, condition, metric) of the rows in ``items.parquet``:
 
-- ``value``: the aggregate under the dataset's ``convention`` (``class-median-mean`` or ``median``, the
-  Table 2 rule of :func:`harness.reports.aggregate_kind`), over the ``ok`` rows with a finite value;
+- ``value``: the aggregate under its ``convention`` (the aggregation its dataset declares for the metric,
+  :func:`harness.reports.aggregate_kind`, or the one ``report --aggregate`` / ``eval --aggregate`` chose),
+  over the usable rows (:func:`harness.metric_registry.usable_mask`: ``ok``, or another metric failed);
+  ``unit`` and ``higher_is_better`` from the metric registry;
 - ``ci95``: ``[low, high]``, a percentile bootstrap of that aggregate (:data:`CI_METHOD`);
 - ``items_ok``, ``rows`` (items evaluated), ``items_in_set``, ``classes``, ``coverage`` (= ``items_ok /
   items_in_set``), ``statuses`` ({status: count});
@@ -54,7 +56,10 @@ def bootstrap_ci(values: np.ndarray, labels: np.ndarray, how: str, resamples: in
     values = np.asarray(values, dtype=np.float64)
     if len(values) == 0:
         return float("nan"), float("nan")
+    from harness.aggregations import aggregation
+
     rng = np.random.default_rng(seed)
+    how = {"class": "class-median-mean", "median": "median", "mean": "mean"}[aggregation(how).ci]
     if how == "class-median-mean":
         labels = np.asarray(labels)
         per_class = []
@@ -72,12 +77,16 @@ def _finite(x: float) -> float | None:
     return float(x) if x is not None and np.isfinite(x) else None
 
 
-def _metrics(dataset: str) -> list[str]:
+def _metrics(dataset: str, items: pd.DataFrame) -> list[str]:
+    """The metric columns of ``items`` that have a value on ``dataset`` (declared or opt-in metrics alike;
+    a column an older run lacks is left out)."""
     from harness.config import load_dataset_config
-    from harness.scoring import METRIC_COLUMNS
+    from harness.datasets import CORPORA
+    from harness.metric_registry import metric_columns
 
-    wanted = load_dataset_config(dataset)["metrics"]
-    return [m for m in METRIC_COLUMNS if m in wanted]
+    declared = set(load_dataset_config(dataset)["metrics"]) if dataset in CORPORA else set()
+    sub = items[items["dataset"] == dataset]
+    return [m for m in metric_columns() if m in sub.columns and (m in declared or sub[m].notna().any())]
 
 
 def _run_jsons(run_dir: Path, items: pd.DataFrame) -> dict[str, dict]:
@@ -93,9 +102,12 @@ def _run_jsons(run_dir: Path, items: pd.DataFrame) -> dict[str, dict]:
     return out
 
 
-def results(run_dir: str | Path, items: pd.DataFrame | None = None) -> dict[str, Any]:
-    """The ``results.json`` content of a run or report folder (see the module docstring)."""
-    from harness.reports import TABLE2, aggregate, aggregate_kind, cell_condition, load_items, table2_cells
+def results(run_dir: str | Path, items: pd.DataFrame | None = None, aggregate_name: str | None = None
+            ) -> dict[str, Any]:
+    """The ``results.json`` content of a run or report folder (see the module docstring); ``aggregate_name``
+    replaces every metric's declared aggregation (``report --aggregate``)."""
+    from harness.metric_registry import metric_spec, usable_mask
+    from harness.reports import aggregate, aggregate_kind, cell_condition, load_items, table2, table2_cells
 
     run_dir = Path(run_dir)
     items = load_items(run_dir) if items is None else items
@@ -103,23 +115,25 @@ def results(run_dir: str | Path, items: pd.DataFrame | None = None) -> dict[str,
     records = []
     for system, sub_sys in items.groupby("system", sort=False):
         run = runs.get(system, {})
-        cells = table2_cells(sub_sys)
+        cells = table2_cells(sub_sys, aggregate_name)
         sources = {}
-        for key, _, dataset, metric, prefs, _how in TABLE2:
+        for key, _, dataset, metric, prefs, _how in table2():
             cond = cell_condition(sub_sys[sub_sys["dataset"] == dataset], prefs)
             if cond is not None and cells[key][2]:
                 sources.setdefault((dataset, cond, metric), []).append(key)
         info = run.get("system_info") or {"name": system, "checkpoint_sha256": run.get("checkpoint_sha256")}
         for (dataset, cond), sub in sub_sys.groupby(["dataset", "condition"], sort=False):
-            how = aggregate_kind(dataset)
             in_set = run.get("set_items", {}).get(dataset, len(sub))
             statuses = {str(k): int(v) for k, v in sub["status"].value_counts().items()}
-            for metric in _metrics(dataset):
-                ok = sub[(sub["status"] == "ok") & np.isfinite(sub[metric].to_numpy(dtype=float))]
+            for metric in _metrics(dataset, sub_sys):
+                how = aggregate_name or aggregate_kind(dataset, metric)
+                ok = sub[usable_mask(sub, metric)]
                 lo, hi = bootstrap_ci(ok[metric].to_numpy(), ok["label"].to_numpy(), how)
+                spec = metric_spec(metric)
                 records.append({
                     "system": system, "dataset": dataset, "condition": cond, "metric": metric,
-                    "value": _finite(aggregate(ok[metric], ok["label"], how)), "convention": how,
+                    "unit": spec.unit, "higher_is_better": spec.higher_is_better,
+                    "value": _finite(aggregate(ok[metric], ok["label"], how, ok["item_id"])), "convention": how,
                     "ci95": [_finite(lo), _finite(hi)], "ci_method": CI_METHOD,
                     "items_ok": len(ok), "rows": len(sub), "items_in_set": int(in_set),
                     "classes": int(ok["label"].nunique()), "classes_in_rows": int(sub["label"].nunique()),
@@ -135,8 +149,8 @@ def results(run_dir: str | Path, items: pd.DataFrame | None = None) -> dict[str,
     return {"schema": SCHEMA, "uss_bench_version": harness.__version__, "runs": provenance, "results": records}
 
 
-def write_results(run_dir: str | Path, items: pd.DataFrame | None = None) -> Path:
-    """Write ``<run_dir>/results.json`` atomically; returns its path."""
+def write_results(run_dir: str | Path, items: pd.DataFrame | None = None, aggregate: str | None = None) -> Path:
+    """Write ``<run_dir>/results.json`` atomically; returns its path (``aggregate``: see :func:`results`)."""
     path = Path(run_dir) / "results.json"
-    atomic_write_text(path, json.dumps(results(run_dir, items), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(results(run_dir, items, aggregate), indent=2, allow_nan=False) + "\n")
     return path

@@ -13,22 +13,36 @@ from typing import Any
 
 import numpy as np
 
-from harness import metrics, parallel
+from harness import metric_registry, metrics, parallel
 from harness.audio import resample
-
-METRIC_COLUMNS = ("sdr", "sdri", "si_sdr", "si_sdri", "musdb_sdr", "musdb_sdri", "pesq", "ssnr")
-"""Metric columns of ``items.parquet`` (dB, except PESQ in MOS-LQO); NaN where a metric does not apply."""
+from harness.errors import UssBenchError
 
 
-def score(ref: np.ndarray, est: np.ndarray, mix: np.ndarray, dataset_cfg: dict) -> dict[str, Any]:
+def __getattr__(name: str):
+    # METRIC_COLUMNS is read from the registry at each access, so a metric registered after import
+    # (one declaration) is a column everywhere.
+    if name == "METRIC_COLUMNS":
+        return metric_registry.metric_columns()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+METRIC_STATUS = "metric_status"
+"""Column of ``items.parquet`` with the per-metric statuses of an item (``"pesq=pesq_too_short"``; ``""``
+when every metric is ok), see :mod:`harness.metric_registry`."""
+
+
+def score(ref: np.ndarray, est: np.ndarray, mix: np.ndarray, dataset_cfg: dict, *,
+          interferer: np.ndarray | None = None) -> dict[str, Any]:
     """All metrics of one item, with its status.
 
     Args:
         ref, est, mix: float32 ``(L,)`` at ``dataset_cfg["sample_rate"]`` Hz.
         dataset_cfg: the dataset's declaration (its ``metrics`` list says which apply).
+        interferer: float32 ``(L,)``, the item's interferer, for metrics that need it (``bss_*``).
 
     Returns:
-        the metric columns (NaN where not applicable or not computable) and ``status``.
+        the metric columns (NaN where not applicable or not computable), ``status`` and
+        ``metric_status``.
     """
     out = unscored("ok")
     status = metrics.check_signals(ref, est)
@@ -41,38 +55,85 @@ def score(ref: np.ndarray, est: np.ndarray, mix: np.ndarray, dataset_cfg: dict) 
     out["sdri"] = out["sdr"] - metrics.sdr(ref, mix)
     out["si_sdr"] = metrics.si_sdr(ref, est)
     out["si_sdri"] = out["si_sdr"] - metrics.si_sdr(ref, mix)
-    return _score_rest(out, ref, est, mix, dataset_cfg)
+    return _score_rest(out, ref, est, mix, dataset_cfg, interferer)
+
+
+CORE = ("sdr", "sdri", "si_sdr", "si_sdri")
+"""The SDR family, computed by the scoring core itself (batched in :func:`score_batch`)."""
 
 
 def _score_rest(out: dict[str, Any], ref: np.ndarray, est: np.ndarray, mix: np.ndarray,
-                dataset_cfg: dict) -> dict[str, Any]:
-    """The metrics after the SDR family (MUSDB SDR, PESQ, SSNR) and the final status of a checked item."""
-    wanted = set(dataset_cfg["metrics"])
-    sr = dataset_cfg["sample_rate"]
-    if "musdb_sdr" in wanted:
-        out["musdb_sdr"] = metrics.musdb_sdr(ref, est, sr)
-        out["musdb_sdri"] = out["musdb_sdr"] - metrics.musdb_sdr(ref, mix, sr)
-    if "pesq" in wanted:
-        # PESQ runs here, inside the eval's metric workers, so utterances are already scored in parallel
-        # (metrics.pesq_many is the same parallelism for callers outside the eval pipeline).
-        # A PESQ failure (too short, too long, crashed helper...) is the item's status; its other metrics
-        # are kept (issue 15 #1).
-        out["pesq"], pesq_status = metrics.pesq_wb_status(ref, est, sr)
-    else:
-        pesq_status = "ok"
-    if "ssnr" in wanted:
-        # SSNR applies to whole Voicebank utterances of different lengths: one call per item.
-        speech_sr = dataset_cfg.get("metric_sample_rate", sr)
-        out["ssnr"] = metrics.ssnr(resample(ref, sr, speech_sr), resample(est, sr, speech_sr), speech_sr)
-    if pesq_status != "ok":
-        out["status"] = pesq_status
+                dataset_cfg: dict, interferer: np.ndarray | None = None) -> dict[str, Any]:
+    """The registry metrics after the SDR family and the final statuses of a checked item.
+
+    Each metric function the dataset's ``metrics`` list needs is called once (columns that share a
+    function share the call), on the signals at the metric's rate. A function's status other than ``ok``
+    (or an exception it raises) marks only its own columns, in ``metric_status``; the row's ``status`` is
+    the first such status (as before per-metric statuses), else ``metric_nonfinite`` when SDR or SDRi is
+    not finite, else ``ok``.
+    """
+    wanted = [m for m in metric_registry.metric_columns() if m in set(dataset_cfg["metrics"]) and m not in CORE]
+    sr = int(dataset_cfg["sample_rate"])
+    calls: dict[str, list[str]] = {}
+    for m in wanted:
+        spec = metric_registry.metric_spec(m)
+        if spec.fn is not None:
+            calls.setdefault(spec.fn, []).append(m)
+    per_metric: dict[str, str] = {}
+    cache: dict[int, tuple] = {}
+    for columns in calls.values():
+        spec = metric_registry.metric_spec(columns[0])
+        rate = sr if spec.resamples_itself else spec.rate(sr)
+        if rate not in cache:
+            cache[rate] = tuple(None if x is None else resample(x, sr, rate) for x in (ref, est, mix, interferer))
+        r, e, x, i = cache[rate]
+        if spec.needs_interferer and i is None:
+            values, status = {}, next((s for s in spec.statuses if s.endswith("no_interferer")), "no_interferer")
+        else:
+            try:
+                values, status = spec.function()(r, e, x, rate, interferer=i)
+            except UssBenchError:
+                raise
+            except Exception:  # a metric's failure is its own status, never the end of the eval
+                values, status = {}, spec.statuses[0] if spec.statuses else "metric_error"
+        for c in columns:
+            out[c] = float(values.get(c, float("nan"))) if status == "ok" else float("nan")
+            if status != "ok":
+                per_metric[c] = status
+    out[METRIC_STATUS] = metric_registry.format_metric_status(per_metric)
+    first = next(iter(per_metric.values()), None)
+    if first is not None:
+        out["status"] = first
     else:
         out["status"] = "ok" if all(np.isfinite(out[c]) for c in ("sdr", "sdri")) else "metric_nonfinite"
     return out
 
 
+def musdb_item(ref, est, mix, sample_rate: int, *, interferer=None) -> tuple[dict[str, float], str]:
+    """``musdb_sdr`` and ``musdb_sdri`` of one item (:func:`harness.metrics.musdb_sdr`, museval's order)."""
+    sdr_e = metrics.musdb_sdr(ref, est, sample_rate)
+    return {"musdb_sdr": sdr_e, "musdb_sdri": sdr_e - metrics.musdb_sdr(ref, mix, sample_rate)}, "ok"
+
+
+def pesq_item(ref, est, mix, sample_rate: int, *, interferer=None) -> tuple[dict[str, float], str]:
+    """``pesq`` of one item with its status (:func:`harness.metrics.pesq_wb_status`; given the signals at
+    the set's rate, it resamples them to 16 kHz itself).
+
+    PESQ runs here, inside the eval's metric workers, so utterances are already scored in parallel
+    (:func:`harness.metrics.pesq_many` is the same parallelism for callers outside the eval pipeline).
+    """
+    value, status = metrics.pesq_wb_status(ref, est, sample_rate)
+    return {"pesq": value}, status
+
+
+def ssnr_item(ref, est, mix, sample_rate: int, *, interferer=None) -> tuple[dict[str, float], str]:
+    """``ssnr`` of one whole utterance at ``sample_rate`` (the scoring core resampled it to 16 kHz)."""
+    return {"ssnr": metrics.ssnr(ref, est, sample_rate)}, "ok"
+
+
 def score_batch(refs: Sequence[np.ndarray] | np.ndarray, ests: Sequence[np.ndarray] | np.ndarray,
-                mixes: Sequence[np.ndarray] | np.ndarray, dataset_cfg: dict) -> list[dict[str, Any]]:
+                mixes: Sequence[np.ndarray] | np.ndarray, dataset_cfg: dict,
+                interferers: Sequence[np.ndarray | None] | None = None) -> list[dict[str, Any]]:
     """:func:`score` of each item, value for value and status for status, with SDR and SI-SDR vectorised.
 
     Items that pass the signal checks and share one length are scored together with
@@ -83,6 +144,7 @@ def score_batch(refs: Sequence[np.ndarray] | np.ndarray, ests: Sequence[np.ndarr
         refs, ests, mixes: ``N`` items each: float32 ``(N, L)`` arrays or sequences of ``(L_i,)``
             arrays, at ``dataset_cfg["sample_rate"]`` Hz.
         dataset_cfg: the dataset's declaration.
+        interferers: ``N`` interferers (or ``None`` entries) for metrics that need one; ``None``: none.
 
     Returns:
         ``N`` dicts as :func:`score` returns them, in order.
@@ -124,7 +186,7 @@ def score_batch(refs: Sequence[np.ndarray] | np.ndarray, ests: Sequence[np.ndarr
         o["sdri"] = o["sdr"] - float(sdr_m[j])
         o["si_sdr"] = float(si_e[j])
         o["si_sdri"] = o["si_sdr"] - float(si_m[j])
-        _score_rest(o, refs[i], ests[i], mixes[i], dataset_cfg)
+        _score_rest(o, refs[i], ests[i], mixes[i], dataset_cfg, None if interferers is None else interferers[i])
     return out
 
 
@@ -154,8 +216,9 @@ def _sliced(fn, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def unscored(status: str) -> dict[str, Any]:
-    """The metric columns (all NaN) and ``status`` of an item that is kept as a row but not scored."""
-    return {**{c: float("nan") for c in METRIC_COLUMNS}, "status": status}
+    """The metric columns (all NaN), ``status`` and an empty ``metric_status`` of an item that is kept as a
+    row but not scored."""
+    return {**{c: float("nan") for c in metric_registry.metric_columns()}, "status": status, METRIC_STATUS: ""}
 
 
 def score_task(main_pid: int | None, refs, ests, mixes, cfg: dict) -> tuple[list[dict[str, Any]], float]:

@@ -188,7 +188,9 @@ class CheckpointSystem(System):
     def conditions(self, dataset: str) -> tuple[str, ...]:
         if self.condition == "oracle":
             return ("oracle",)
-        return ("oracle", "average") if dataset == "audioset" else ("average",)
+        from harness.config import load_dataset_config
+
+        return tuple(load_dataset_config(dataset)["query_modes"])  # the dataset's declared query modes
 
     def prepare(self, dataset: str) -> None:
         if "average" in self.conditions(dataset) and dataset not in self._queries:

@@ -60,7 +60,7 @@ from torch import nn
 import harness
 from harness import SAMPLE_RATE
 from harness.audio import AudioRef, fix_length
-from harness.config import REPO_ROOT, read_toml
+from harness.config import REPO_ROOT, class_labels, load_dataset_config, read_toml
 from harness.datasets import get_corpus
 from harness.datasets.base import resolve_root
 from harness.datasets.store import atomic_write_text, share_like_new_file
@@ -274,7 +274,7 @@ class TrainingData:
                     self.vocabulary.append(label)
             if corpus.kind == "clips":
                 for clip in corpus.clips(split):
-                    labels = clip.labels if dataset == "audioset" else clip.labels[:1]
+                    labels = class_labels(load_dataset_config(dataset), clip.labels)
                     self.clips.append(TrainClip(f"{dataset}/{clip.clip_id}", clip.audio, dataset, clip.labels,
                                                 tuple(index[label] for label in labels)))
             else:

@@ -90,6 +90,8 @@ class Corpus(ABC):
     """Channel counts the corpus ships."""
     layout: ClassVar[str]
     """The expected tree, one path pattern a line, for ``uss-bench datasets`` and error messages."""
+    declaration: ClassVar[Path | None] = None
+    """The dataset TOML (:mod:`harness.config`); ``None``: ``datasets/<name>.toml`` of the checkout."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -166,9 +168,9 @@ def resolve_root(dataset: str, root: str | Path | None = None, config: str | Pat
             ``uss-bench.toml`` is malformed.
         LayoutError: the configured root does not exist (names where it came from).
     """
-    from harness.config import DATASET_NAMES
+    from harness.config import dataset_names
 
-    check_choice("dataset", dataset, DATASET_NAMES)
+    check_choice("dataset", dataset, dataset_names())
     source = "--root"
     if root is None:
         var = f"USS_BENCH_{env_name(dataset)}_ROOT"
