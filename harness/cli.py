@@ -294,6 +294,10 @@ def eval_cmd(
              "all")] = "none",
     shots: Annotated[int, typer.Option(min=1, help="example clips per class for a system in query mode "
                                                    "audio-shots, drawn from the query split by the dataset's seed")] = 3,
+    musdb_protocol: Annotated[str, typer.Option(
+        help="how the MUSDB18 SDR calls museval: museval (per target, museval's argument order) | sisec18 (the "
+             "4 targets of a track jointly, as museval.eval_mus_track) | uss-code (the released uss code: "
+             "references = estimate); recorded in run.json and named in the report")] = "museval",
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a system (a baseline, a checkpoint, any plug-in); write items.parquet, summary.md and run.json.
@@ -309,6 +313,9 @@ def eval_cmd(
     from harness.systems import resolve_spec
 
     check_choice("--save-estimates", save_estimates, SAVE_CHOICES)
+    from harness.musdb_protocols import check_protocol
+
+    check_protocol(musdb_protocol)  # a misspelt protocol fails before any work (exit 2)
     spec_name, sys_args = _system_choice(system_name, system_arg or [], baseline, checkpoint, condition)
     spec = resolve_spec(spec_name)  # before the sets are looked up: a misspelt name fails first
     _fixed_batch_size(batch_size)  # a bad --batch-size fails before any work
@@ -334,7 +341,7 @@ def eval_cmd(
         opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, batch_size=batch_size, jobs=jobs,
                            limit=limit, resume=resume, executor=executor, scheduler=scheduler,
                            part_items=part_items, break_lock=break_lock, save_estimates=save_estimates, shots=shots,
-                           extra={"device": ranks.device(device), **({"condition": condition} if condition else {})})
+                           musdb_protocol=musdb_protocol, extra={"device": ranks.device(device), **({"condition": condition} if condition else {})})
         opts.check()
         with _progress(quiet or not ranks.is_main) as update:
             run = run_eval(system, opts, progress=lambda d, done, total: update(f"{d} eval", done, total),

@@ -452,7 +452,10 @@ def render_report(run_dir: str | Path) -> Report:
     from harness.results import write_results
 
     write_results(run_dir, items)  # the same cells for machines
-    parts += ["## Table 2 (paper layout)", "", table2, "", CONVENTIONS, "",
+    from harness.musdb_protocols import protocol_note
+
+    musdb_note = protocol_note(run_dir, items)
+    parts += ["## Table 2 (paper layout)", "", table2, "", *([musdb_note, ""] if musdb_note else []), CONVENTIONS, "",
               "HTML report (tables, figures, audio): [report.html](report.html)", ""]
     parts += ["## Detail per dataset", ""]
     detail = [[r["system"], r["dataset"], r["condition"], r["metric"], str(r["ok"]), str(r["classes"]),

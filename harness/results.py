@@ -95,6 +95,7 @@ def _run_jsons(run_dir: Path, items: pd.DataFrame) -> dict[str, dict]:
 
 def results(run_dir: str | Path, items: pd.DataFrame | None = None) -> dict[str, Any]:
     """The ``results.json`` content of a run or report folder (see the module docstring)."""
+    from harness.musdb_protocols import run_protocol
     from harness.reports import TABLE2, aggregate, aggregate_kind, cell_condition, load_items, table2_cells
 
     run_dir = Path(run_dir)
@@ -127,6 +128,7 @@ def results(run_dir: str | Path, items: pd.DataFrame | None = None) -> dict[str,
                     "table2": sources.get((dataset, cond, metric), []),
                     "build_digest": run.get("builds", {}).get(dataset, {}).get("digest"),
                     "system_info": info,
+                    **({"musdb_protocol": run_protocol(run)} if metric.startswith("musdb_") else {}),
                 })
     provenance = [{"system": s, "uss_bench_version": r.get("versions", {}).get("harness"),
                    "git_revision": r.get("git_revision"), "host": r.get("host"),

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from harness import metrics, parallel
+from harness import metrics, musdb_protocols, parallel
 from harness.audio import resample
 
 METRIC_COLUMNS = ("sdr", "sdri", "si_sdr", "si_sdri", "musdb_sdr", "musdb_sdri", "pesq", "ssnr")
@@ -49,9 +49,9 @@ def _score_rest(out: dict[str, Any], ref: np.ndarray, est: np.ndarray, mix: np.n
     """The metrics after the SDR family (MUSDB SDR, PESQ, SSNR) and the final status of a checked item."""
     wanted = set(dataset_cfg["metrics"])
     sr = dataset_cfg["sample_rate"]
-    if "musdb_sdr" in wanted:
-        out["musdb_sdr"] = metrics.musdb_sdr(ref, est, sr)
-        out["musdb_sdri"] = out["musdb_sdr"] - metrics.musdb_sdr(ref, mix, sr)
+    protocol = dataset_cfg.get("musdb_protocol", musdb_protocols.DEFAULT_PROTOCOL)
+    if "musdb_sdr" in wanted and protocol not in musdb_protocols.JOINT_PROTOCOLS:  # joint: in score_batch
+        out["musdb_sdr"], out["musdb_sdri"] = musdb_protocols.item_sdr(ref, est, mix, sr, protocol)
     if "pesq" in wanted:
         # PESQ runs here, inside the eval's metric workers, so utterances are already scored in parallel
         # (metrics.pesq_many is the same parallelism for callers outside the eval pipeline).
@@ -125,7 +125,29 @@ def score_batch(refs: Sequence[np.ndarray] | np.ndarray, ests: Sequence[np.ndarr
         o["si_sdr"] = float(si_e[j])
         o["si_sdri"] = o["si_sdr"] - float(si_m[j])
         _score_rest(o, refs[i], ests[i], mixes[i], dataset_cfg)
+    if dataset_cfg.get("musdb_protocol") in musdb_protocols.JOINT_PROTOCOLS and "musdb_sdr" in dataset_cfg["metrics"]:
+        _score_joint(out, ok, refs, ests, mixes, dataset_cfg)
     return out
+
+
+def _score_joint(out: list[dict[str, Any]], ok: list[int], refs, ests, mixes, dataset_cfg: dict) -> None:
+    """``musdb_sdr`` / ``musdb_sdri`` of the rows of one track scored together (``--musdb-protocol sisec18``,
+    :func:`harness.musdb_protocols.joint_sdr`). The eval hands a track's rows in one task and sets
+    ``dataset_cfg["musdb_joint"]`` when no target of the track is missing; otherwise (a target unscorable,
+    not separated, or a task that is not one whole track) the columns stay NaN and ``status_detail`` says why."""
+    n = len(out)
+    same_mix = all(np.array_equal(mixes[i], mixes[0]) for i in range(1, n))
+    if dataset_cfg.get("musdb_joint") and len(ok) == n and same_mix:
+        sdr, sdri = musdb_protocols.joint_sdr([refs[i] for i in ok], [ests[i] for i in ok], mixes[0],
+                                              dataset_cfg["sample_rate"])
+        for j, i in enumerate(ok):
+            out[i]["musdb_sdr"], out[i]["musdb_sdri"] = float(sdr[j]), float(sdri[j])
+        return
+    why = ("the rows are not one track's (different mixtures)" if not same_mix else
+           f"only {len(ok)} of the track's targets are scorable" if dataset_cfg.get("musdb_joint") else
+           "a target of the track was not separated (unscorable or outside --limit)")
+    for i in ok:
+        out[i]["status_detail"] = f"musdb joint (sisec18) SDR not computed: {why}"
 
 
 BATCH_SAMPLES = 1 << 14
