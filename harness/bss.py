@@ -2,7 +2,7 @@
 
 The metric of the group's first paper (Kong et al., ICASSP 2020, *Source separation with weakly labelled
 data*: U-Net on AudioSet, SDR 5.67 / SIR 9.38 / SAR 11.15 dB averaged over classes). It is opt-in
-(``--metrics +bss``): one call costs about a second for a 2-s item at 32 kHz.
+(``--metrics +bss``): one call costs 1-4 s for a 2-s item at 32 kHz on one loaded core (measured).
 
 Library: :func:`mir_eval.separation.bss_eval_sources` (BSS Eval v3 "sources": 512-tap time-invariant
 distortion filters estimated on the whole signal, single channel). mir_eval rather than museval because
@@ -18,8 +18,10 @@ How an item is put to the library:
   ``mixture = target + float32(gain) · interferer`` rounded to float32 and nothing else (no clipping,
   no normalisation: :func:`harness.mixtures.render_item`), so ``mixture − target`` in float64 is exactly
   the interferer that *is* in the mixture (it differs from ``gain · interferer`` by the one float32
-  rounding of the sum, ≤ 2⁻²⁴ of the larger sample); for MUSDB18 it is the sum of the other stems
-  (the accompaniment). The two references then add up to the mixture exactly.
+  rounding of the sum, ≤ 2⁻²⁴ of the larger sample); for Slakh2100 (the real ``mix.flac`` frame) it is the
+  rest of the mix, for MUSDB18 the sum of the other stems (the accompaniment), for Voicebank-Demand the
+  noise. The two references then add up to the mixture exactly. Pass ``interferer`` to score against
+  another second source (e.g. one re-rendered from the manifest's ``interferer_*`` columns).
 - estimates ``[estimate, mixture − estimate]``: a query-conditioned separator returns only the
   target's estimate; the second row is the residual, i.e. what a two-output separator whose outputs add
   up to the mixture would give for the interferer. The 2020 paper does not say how its second estimate
