@@ -442,6 +442,9 @@ def score(
     name: Annotated[str | None, typer.Option(help="the system column [estimates:<folder name>]")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="metric worker processes")] = 1,
     limit: Annotated[int | None, typer.Option(min=1, help="first N items of the set [all]")] = None,
+    musdb_protocol: Annotated[str, typer.Option(
+        help="MUSDB18 SDR protocol, as for eval: museval | sisec18 | uss-code (re-score saved estimates under "
+             "another protocol)")] = "museval",
     quiet: QuietOpt = False,
 ) -> None:
     """Score separations made elsewhere; a missing or unreadable file is a row with its status, not a failure."""
@@ -453,7 +456,9 @@ def score(
     names, _ = resolve_datasets([dataset], False, wd, split)
     system = EstimatesSystem(estimates, name=name)
     run_dir = out or Path("reports") / f"estimates-{estimates.name}"
-    opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, jobs=jobs, limit=limit)
+    opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, jobs=jobs, limit=limit,
+                       musdb_protocol=musdb_protocol)
+    opts.check()
     with _progress(quiet) as update:
         run = run_eval(system, opts, progress=lambda d, done, total: update(f"{d} score", done, total))
     report = render_report(run_dir)

@@ -269,3 +269,23 @@ def test_resume_refuses_another_protocol(other_layout, tmp_path):
     with pytest.raises(UssBenchError, match="musdb_protocol"):
         run_eval(OracleIRM(), EvalOptions(datasets=["musdb18"], workdir=wd, out=tmp_path, limit=4, resume=True,
                                           musdb_protocol="sisec18"))
+
+
+def test_score_rescores_saved_estimates_under_another_protocol(museval, other_layout, tmp_path):
+    """`uss-bench score --musdb-protocol uss-code` on the estimates an eval saved: the released code's call."""
+    from harness import cli
+
+    root, wd = other_layout
+    first = _run(wd, tmp_path / "first", "museval")
+    folder = tmp_path / "first" / "estimates" / "musdb18"
+    cli.score(estimates=folder, dataset="musdb18", workdir=wd, out=tmp_path / "again", musdb_protocol="uss-code",
+              quiet=True)
+    again = pd.read_parquet(tmp_path / "again" / "items.parquet").set_index("item_id")
+    assert "MUSDB18 protocol: uss-code" in (tmp_path / "again" / "summary.md").read_text()
+    est = _estimates(tmp_path / "first", first)
+    for item_id in list(est)[:4]:  # one track: museval takes ~1 s per call
+        track, stem = item_id.split("/")
+        t = _track(root, track)
+        want = _uss_code_museval(museval, t[stem], est[item_id], t["mixture"])
+        assert again.loc[item_id, "musdb_sdr"] == pytest.approx(want[0], abs=TOL)
+        assert again.loc[item_id, "musdb_sdri"] == pytest.approx(want[1], abs=TOL)
