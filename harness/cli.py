@@ -340,6 +340,10 @@ def eval_cmd(
         "--snr-db (dB, comma-separated) into <out>/snr/<split>@snr<±x>; the report plots SDRi against SNR"))] = None,
     metrics: Annotated[list[str] | None, typer.Option("--metrics", help=_METRICS_HELP)] = None,
     aggregate: Annotated[str | None, typer.Option(help=_AGGREGATE_HELP)] = None,
+    musdb_protocol: Annotated[str, typer.Option(
+        help="how the MUSDB18 SDR calls museval: museval (per target, museval's argument order) | sisec18 (the "
+             "4 targets of a track jointly, as museval.eval_mus_track) | uss-code (the released uss code: "
+             "references = estimate); recorded in run.json and named in the report")] = "museval",
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a system (a baseline, a checkpoint, any plug-in); write items.parquet, summary.md and run.json.
@@ -355,6 +359,9 @@ def eval_cmd(
     from harness.systems import resolve_spec
 
     check_choice("--save-estimates", save_estimates, SAVE_CHOICES)
+    from harness.musdb_protocols import check_protocol
+
+    check_protocol(musdb_protocol)  # a misspelt protocol fails before any work (exit 2)
     spec_name, sys_args = _system_choice(system_name, system_arg or [], baseline, checkpoint, condition)
     spec = resolve_spec(spec_name)  # before the sets are looked up: a misspelt name fails first
     _fixed_batch_size(batch_size)  # a bad --batch-size fails before any work
@@ -386,7 +393,7 @@ def eval_cmd(
         opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, batch_size=batch_size, jobs=jobs,
                            limit=limit, resume=resume, executor=executor, scheduler=scheduler,
                            part_items=part_items, break_lock=break_lock, save_estimates=save_estimates, shots=shots,
-                           metrics=tuple(metrics or ()), aggregate=aggregate,
+                           metrics=tuple(metrics or ()), aggregate=aggregate, musdb_protocol=musdb_protocol,
                            extra={"device": ranks.device(device), **({"condition": condition} if condition else {})})
         opts.check()
         with _progress(quiet or not ranks.is_main) as update:
@@ -492,6 +499,9 @@ def score(
     name: Annotated[str | None, typer.Option(help="the system column [estimates:<folder name>]")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="metric worker processes")] = 1,
     limit: Annotated[int | None, typer.Option(min=1, help="first N items of the set [all]")] = None,
+    musdb_protocol: Annotated[str, typer.Option(
+        help="MUSDB18 SDR protocol, as for eval: museval | sisec18 | uss-code (re-score saved estimates under "
+             "another protocol)")] = "museval",
     quiet: QuietOpt = False,
 ) -> None:
     """Score separations made elsewhere; a missing or unreadable file is a row with its status, not a failure."""
@@ -503,7 +513,9 @@ def score(
     names, _ = resolve_datasets([dataset], False, wd, split)
     system = EstimatesSystem(estimates, name=name)
     run_dir = out or Path("reports") / f"estimates-{estimates.name}"
-    opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, jobs=jobs, limit=limit)
+    opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, jobs=jobs, limit=limit,
+                       musdb_protocol=musdb_protocol)
+    opts.check()
     with _progress(quiet) as update:
         run = run_eval(system, opts, progress=lambda d, done, total: update(f"{d} score", done, total))
     report = render_report(run_dir)

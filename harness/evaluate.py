@@ -78,7 +78,7 @@ import pyarrow.parquet as pq
 from joblib import delayed
 
 import harness
-from harness import parallel
+from harness import musdb_protocols, parallel
 from harness.audio import AudioRef
 from harness.config import REPO_ROOT, load_dataset_config
 from harness.datasets import get_corpus
@@ -202,6 +202,8 @@ class EvalOptions:
     aggregate: str | None = None
     """The aggregation of every report column (a name of :data:`harness.aggregations.AGGREGATIONS`);
     ``None``: each column's declared one. Recorded in ``run.json``; ``report`` uses it unless given its own."""
+    musdb_protocol: str = "museval"
+    """How ``musdb_sdr`` / ``musdb_sdri`` call museval (:mod:`harness.musdb_protocols`)."""
 
     def check(self) -> None:
         """Raise ConfigError for a batch size, limit or part size below 1, or bad executor options."""
@@ -220,6 +222,7 @@ class EvalOptions:
         resolve_metrics((), self.metrics)
         if self.aggregate is not None:
             aggregation(self.aggregate)
+        musdb_protocols.check_protocol(self.musdb_protocol)
 
 
 def git_revision() -> str | None:
@@ -369,9 +372,12 @@ class PartWriter:
         self.rows = []
 
 
-def _parts_meta(system: System, evalset: EvalSet, batch_size: int | None = None) -> dict[str, Any]:
+def _parts_meta(system: System, evalset: EvalSet, batch_size: int | None = None,
+                musdb_protocol: str = musdb_protocols.DEFAULT_PROTOCOL) -> dict[str, Any]:
     meta = {"system": system.name, "checkpoint_sha256": system.checkpoint_sha256, "dataset": evalset.dataset,
             "split": evalset.split, "digest": evalset.build["digest"]}
+    if musdb_protocol != musdb_protocols.DEFAULT_PROTOCOL and _musdb_metrics(evalset.dataset):
+        meta["musdb_protocol"] = musdb_protocol  # absent for the default: older parts still resume
     if batch_size is not None:  # what a checkpoint's estimates depend on besides the inputs (issue 15 #14)
         meta["numerics"] = parallel.numerics(batch_size)
     return meta
@@ -390,11 +396,13 @@ def recorded_batch_size(out: str | Path) -> int | None:
     return None
 
 
-def _check_parts(out: Path, system: System, evalset: EvalSet, batch_size: int | None = None) -> None:
-    """Raise UssBenchError when the dataset's parts were written for another system, checkpoint or build."""
+def _check_parts(out: Path, system: System, evalset: EvalSet, batch_size: int | None = None,
+                 musdb_protocol: str = musdb_protocols.DEFAULT_PROTOCOL) -> None:
+    """Raise UssBenchError when the dataset's parts were written for another system, checkpoint, build or
+    MUSDB18 protocol."""
     folder = parts_dir(out, evalset.dataset)
     meta_file = folder / "meta.json"
-    want = _parts_meta(system, evalset, batch_size)
+    want = _parts_meta(system, evalset, batch_size, musdb_protocol)
     if meta_file.is_file():
         try:
             have = json.loads(meta_file.read_text())
@@ -404,16 +412,18 @@ def _check_parts(out: Path, system: System, evalset: EvalSet, batch_size: int | 
         have = {}  # parts of unknown origin
     else:
         return  # nothing to resume from
-    diff = [k for k in want if have.get(k) != want[k]]
+    keys = [*want, *(k for k in ("musdb_protocol",) if k in have and k not in want)]  # sisec18 parts vs default
+    diff = [k for k in keys if have.get(k) != want.get(k)]
     if diff:
         raise UssBenchError(
             f"--resume: the parts in {folder} were written for "
             f"{', '.join(f'{k}={have.get(k)!r}' for k in diff)}, but this run has "
-            f"{', '.join(f'{k}={want[k]!r}' for k in diff)}; use another --out, or run without --resume to "
+            f"{', '.join(f'{k}={want.get(k)!r}' for k in diff)}; use another --out, or run without --resume to "
             "start this dataset over")
 
 
-def _init_parts(out: Path, system: System, evalset: EvalSet, resume: bool, batch_size: int | None = None) -> None:
+def _init_parts(out: Path, system: System, evalset: EvalSet, resume: bool, batch_size: int | None = None,
+                musdb_protocol: str = musdb_protocols.DEFAULT_PROTOCOL) -> None:
     """Rank 0, before any work: without ``resume`` remove the dataset's parts, with it the temporary files
     of parts that a killed run was writing; write the dataset's ``meta.json``."""
     folder = parts_dir(out, evalset.dataset)
@@ -424,7 +434,8 @@ def _init_parts(out: Path, system: System, evalset: EvalSet, resume: bool, batch
     old_layout = Path(out) / "parts" / f"{evalset.dataset}.parquet"
     if resume and old_layout.is_file():
         log.warning("%s is a part of the older per-dataset layout; --resume does not read it", old_layout)
-    atomic_write_text(folder / "meta.json", json.dumps(_parts_meta(system, evalset, batch_size), indent=2) + "\n")
+    atomic_write_text(folder / "meta.json",
+                      json.dumps(_parts_meta(system, evalset, batch_size, musdb_protocol), indent=2) + "\n")
 
 
 # -- the pipeline -----------------------------------------------------------------------------------
@@ -446,6 +457,8 @@ class _Unit:
     sys_mix: np.ndarray | None = None  # mixture / target at the system's rate when it is not the set's
     sys_ref: np.ndarray | None = None
     set_rate: int = harness.SAMPLE_RATE
+    joint: bool = False  # the rows of one whole track scored together (--musdb-protocol sisec18)
+    whole_track: bool = False  # a joint unit holding every row of its track (not cut by --limit)
 
 
 def _plan(n: int, virtual: bool, batch_size: int, ranks: Ranks) -> list[np.ndarray]:
@@ -456,9 +469,36 @@ def _plan(n: int, virtual: bool, batch_size: int, ranks: Ranks) -> list[np.ndarr
     return units[ranks.rank::ranks.world_size]
 
 
+def _musdb_metrics(dataset: str) -> bool:
+    """Whether the dataset's declaration scores the MUSDB18 columns (``--musdb-protocol`` applies)."""
+    return "musdb_sdr" in load_dataset_config(dataset)["metrics"]
+
+
+def _joint(evalset: EvalSet, opts: EvalOptions) -> bool:
+    """Whether the set's track rows are scored together (a joint MUSDB18 protocol on a whole-track set)."""
+    return (evalset.virtual and opts.musdb_protocol in musdb_protocols.JOINT_PROTOCOLS
+            and _musdb_metrics(evalset.dataset))
+
+
+def _track_units(manifest: pd.DataFrame, ranks: Ranks) -> list[np.ndarray]:
+    """This rank's units of a jointly scored whole-track set: the rows of one track (one mixture file) each,
+    track ``k`` to rank ``k % world_size``, so a track's stems are separated and scored in one place.
+
+    Raises:
+        UssBenchError: a track's rows are not consecutive in the manifest (not a set built by this version).
+    """
+    files = manifest["mixture_file"].to_numpy()
+    starts = [0] + [i for i in range(1, len(files)) if files[i] != files[i - 1]]
+    units = [np.arange(a, b) for a, b in zip(starts, [*starts[1:], len(files)], strict=True)] if len(files) else []
+    if len({files[u[0]] for u in units}) != len(units):
+        raise UssBenchError("the manifest's rows of a track are not consecutive; rebuild the set with "
+                            "`uss-bench build-mixtures` (needed for --musdb-protocol sisec18)")
+    return units[ranks.rank::ranks.world_size]
+
+
 def _read_units(evalset: EvalSet, manifest: pd.DataFrame, cfg: dict, plan: list[tuple[np.ndarray, np.ndarray]],
-                skip: dict[str, str], system_rate: int | None = None, system_target: bool = True
-                ) -> Iterator[_Unit]:
+                skip: dict[str, str], system_rate: int | None = None, system_target: bool = True,
+                joint: bool = False) -> Iterator[_Unit]:
     """Read the audio of each planned unit (runs in the reader thread). Unscorable items are not read.
 
     ``unit.mix`` / ``unit.ref`` are at the set's rate (scoring). When ``system_rate`` differs, ``unit.sys_mix``
@@ -474,9 +514,11 @@ def _read_units(evalset: EvalSet, manifest: pd.DataFrame, cfg: dict, plan: list[
         t0 = time.perf_counter()
         items = manifest.iloc[pos]
         unit = _Unit(pos, todo, items, [unscored(skip[i]) if i in skip else None for i in items["item_id"]],
-                     set_rate=set_rate)
+                     set_rate=set_rate, joint=joint)
         if all(s is not None for s in unit.scored):
             pass  # no audio read, no separation
+        elif joint:
+            _read_track(unit, evalset, corpus, cfg, system_rate if other else None, system_target)
         elif corpus is None:
             unit.mix, unit.ref = evalset.read_rows(pos)
         else:
@@ -501,6 +543,45 @@ def _read_units(evalset: EvalSet, manifest: pd.DataFrame, cfg: dict, plan: list[
             unit.sys_ref = _resample_rows(unit.ref, set_rate, system_rate) if system_target else None
         unit.seconds = time.perf_counter() - t0
         yield unit
+
+
+def _read_track(unit: _Unit, evalset: EvalSet, corpus, cfg: dict, system_rate: int | None,
+                system_target: bool) -> None:
+    """Read a joint unit (the rows of one track): its mixture once, each scorable row's target; ``unit.mix`` holds
+    the mixture once per row. A read error makes every row of the track a ``read_error`` row."""
+    rows = [unit.items.iloc[k] for k in range(len(unit.items))]
+    live = [k for k, s in enumerate(unit.scored) if s is None]
+    unit.whole_track = len(rows) == int((evalset.manifest["mixture_file"] == rows[0]["mixture_file"]).sum())
+    for k in live:
+        evalset.check_track_files(rows[k])
+
+    def read(column: str, row, rate: int) -> np.ndarray:
+        return corpus.read(AudioRef(evalset.corpus_root / row[column]), rate)
+
+    try:
+        mix = read("mixture_file", rows[live[0]], cfg["sample_rate"])
+        refs = {k: read("target_file", rows[k], cfg["sample_rate"]) for k in live}
+        smix = None if system_rate is None else read("mixture_file", rows[live[0]], system_rate)
+        srefs = {k: read("target_file", rows[k], system_rate) for k in live} \
+            if system_rate is not None and system_target else None
+    except UssBenchError as exc:
+        unit.scored = [s if s is not None else {**unscored("read_error"), "status_detail": str(exc)}
+                       for s in unit.scored]
+        return
+    for k in live:
+        unit.scored[k] = track_length_status(rows[k], mix, refs[k])
+
+    def stack(x: np.ndarray, by_row: dict[int, np.ndarray] | None) -> np.ndarray:
+        out = np.zeros((len(rows), len(x)), np.float32) if by_row is not None else np.repeat(x[None], len(rows), 0)
+        for k, r in (by_row or {}).items():
+            if len(r) == len(x):
+                out[k] = r
+        return out
+
+    unit.mix, unit.ref = stack(mix, None), stack(mix, refs)
+    if smix is not None:
+        unit.sys_mix = stack(smix, None)
+        unit.sys_ref = stack(smix, srefs) if srefs is not None else None
 
 
 def _resample_rows(x: np.ndarray, orig_sr: int, target_sr: int, length: int | None = None) -> np.ndarray:
@@ -605,7 +686,11 @@ def _separate(system: System, unit: _Unit, condition: str, shots: ShotBank | Non
     src_mix, src_ref = (unit.mix, unit.ref) if unit.sys_mix is None else (unit.sys_mix, unit.sys_ref)
     mix, ref, items = (src_mix, src_ref, unit.items) if keep.all() else \
         (src_mix[keep], None if src_ref is None else src_ref[keep], unit.items[keep])
-    est = call_separate(system, mix, ref, items, condition, shots)
+    if unit.joint:  # one whole track per call, as for the per-target protocols: the same estimates
+        est = np.concatenate([call_separate(system, mix[k: k + 1], None if ref is None else ref[k: k + 1],
+                                            items.iloc[k: k + 1], condition, shots) for k in range(len(mix))])
+    else:
+        est = call_separate(system, mix, ref, items, condition, shots)
     if unit.sys_mix is not None:  # back to the set's rate (and length) for scoring; metrics resample further
         est = _resample_rows(est, int(system.sample_rate), int(unit.set_rate), unit.mix.shape[1])
     unit.est = est
@@ -667,8 +752,18 @@ def _takes_queries(system: System) -> bool:
 
 
 def _tasks(unit: _Unit, cfg: dict, n_tasks: int) -> list[tuple[np.ndarray, tuple]]:
-    """Scoring tasks of a unit: ``(unit rows, task args)``, contiguous row slices, at most ``n_tasks``."""
-    need = np.flatnonzero(np.array([s is None for s in unit.scored]) & unit.todo)
+    """Scoring tasks of a unit: ``(unit rows, task args)``, contiguous row slices, at most ``n_tasks``.
+
+    A joint unit is one task of all its separated rows (also rows already in the parts: the joint score needs
+    every target of the track), flagged ``musdb_joint`` when no row of the track is missing."""
+    separated = np.array([s is None for s in unit.scored])
+    if unit.joint:
+        if not (separated & unit.todo).any():
+            return []
+        rows = np.flatnonzero(separated)
+        e = unit.est_row[rows]
+        return [(rows, (unit.ref[rows], unit.est[e], unit.mix[rows], {**cfg, "musdb_joint": bool(separated.all() and unit.whole_track)}))]
+    need = np.flatnonzero(separated & unit.todo)
     if not len(need):
         return []
     out = []
@@ -698,8 +793,10 @@ def _pipeline(system: System, evalset: EvalSet, manifest: pd.DataFrame, cfg: dic
                      if not shots.groups.get(label) and i not in skip})
     group_size = pool.jobs if evalset.virtual else 1
     # the target at the system's rate only where the system may see it (is_oracle, or the oracle query)
+    joint = evalset.virtual and cfg.get("musdb_protocol") in musdb_protocols.JOINT_PROTOCOLS \
+        and "musdb_sdr" in cfg["metrics"]
     reader = _prefetch(_read_units(evalset, manifest, cfg, plan, skip, int(system.sample_rate),
-                                   system.is_oracle or condition == "oracle"),
+                                   system.is_oracle or condition == "oracle", joint),
                        max(PREFETCH, group_size))
     pending = None
 
@@ -738,7 +835,8 @@ def _pipeline(system: System, evalset: EvalSet, manifest: pd.DataFrame, cfg: dic
 def _plans(evalset: EvalSet, manifest: pd.DataFrame, opts: EvalOptions, ranks: Ranks, conditions: Sequence[str],
            done: dict[str, set[str]]) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
     """Per condition, this rank's units that still have rows to write: ``(positions, todo mask)``."""
-    units = _plan(len(manifest), evalset.virtual, opts.batch_size, ranks)
+    units = _track_units(manifest, ranks) if _joint(evalset, opts) else \
+        _plan(len(manifest), evalset.virtual, opts.batch_size, ranks)
     plans = {}
     for c in conditions:
         todo_all = ~manifest["item_id"].isin(done.get(c, set())).to_numpy()
@@ -764,6 +862,8 @@ def evaluate_set(system: System, evalset: EvalSet, opts: EvalOptions, common: di
     """
     ranks = ranks or Ranks()
     cfg = scored_config(evalset.dataset, opts)
+    if "musdb_sdr" in cfg["metrics"]:
+        cfg = {**cfg, "musdb_protocol": opts.musdb_protocol}  # the metric workers' protocol
     manifest = evalset.manifest.iloc[: opts.limit] if opts.limit else evalset.manifest
     conditions = system.conditions(evalset.dataset)
     if done is None:
@@ -953,10 +1053,10 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
         shot_bank(system, evalset, opts)  # the query split can be listed
     if opts.resume:
         for evalset in sets:
-            _check_parts(out, system, evalset, opts.batch_size)
+            _check_parts(out, system, evalset, opts.batch_size, opts.musdb_protocol)
     if ranks.is_main:
         for evalset in sets:
-            _init_parts(out, system, evalset, opts.resume, opts.batch_size)
+            _init_parts(out, system, evalset, opts.resume, opts.batch_size, opts.musdb_protocol)
         if not opts.resume:  # estimates of an earlier run in this folder would mix with this run's
             from harness.estimates import EstimateSaver
 

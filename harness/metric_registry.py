@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import ConfigError, did_you_mean
+from harness import bss as _bss, speech as _speech  # light modules: statuses only; their libraries load lazily
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class MetricSpec:
             and its rows get NaN (an older run folder still resumes).
         description: one line for docs and ``results.json``; the source of its definition.
         axis_label: figure axis label; default ``"<label> (<unit>)"``.
+        options: keys of the scored dataset configuration passed to the function as keyword arguments
+            when present (``musdb_protocol`` for the MUSDB SDR: ``eval --musdb-protocol``).
     """
 
     name: str
@@ -84,6 +87,7 @@ class MetricSpec:
     in_every_part: bool = False
     description: str = ""
     axis_label: str | None = None
+    options: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -151,11 +155,11 @@ for _spec in (
     MetricSpec("si_sdri", "SI-SDRi", _DB, True, 0.1, improvement=True, base="si_sdr", statuses=_SIG,
                in_every_part=True,
                description="SI-SDR(s, ŝ) − SI-SDR(s, x)"),
-    MetricSpec("musdb_sdr", "SDR", _DB, True, 0.1, fn="harness.scoring:musdb_item", in_every_part=True,
+    MetricSpec("musdb_sdr", "SDR", _DB, True, 0.1, fn="harness.scoring:musdb_item", in_every_part=True, options=("musdb_protocol",),
                axis_label="SDR (dB, BSSEval v4 framewise median)",
                description="BSSEval v4 image SDR, 1-s frames, median over frames (museval)"),
     MetricSpec("musdb_sdri", "SDRi", _DB, True, 0.1, improvement=True, base="musdb_sdr", in_every_part=True,
-               fn="harness.scoring:musdb_item", axis_label="SDRi (dB, framewise)",
+               fn="harness.scoring:musdb_item", options=("musdb_protocol",), axis_label="SDRi (dB, framewise)",
                description="framewise-median SDR of the estimate minus that of the mixture"),
     MetricSpec("pesq", "PESQ", "MOS", True, 0.05, sample_rate=16000, fn="harness.scoring:pesq_item",
                resamples_itself=True, in_every_part=True,
@@ -166,32 +170,32 @@ for _spec in (
     MetricSpec("ssnr", "SSNR", _DB, True, 0.1, sample_rate=16000, fn="harness.scoring:ssnr_item", in_every_part=True,
                description="segmental SNR, 30-ms frames, 75 % overlap, clipped to [−10, 35] dB (Loizou)"),
     MetricSpec("csig", "CSIG", "MOS", True, 0.05, sample_rate=16000, fn="harness.speech:composite",
-               statuses=("composite_failed",), description="composite signal distortion (Hu & Loizou 2008), 1..5"),
+               statuses=_speech.COMPOSITE_STATUSES, description="composite signal distortion (Hu & Loizou 2008), 1..5"),
     MetricSpec("cbak", "CBAK", "MOS", True, 0.05, sample_rate=16000, fn="harness.speech:composite",
-               statuses=("composite_failed",), description="composite background intrusiveness (Hu & Loizou 2008), 1..5"),
+               statuses=_speech.COMPOSITE_STATUSES, description="composite background intrusiveness (Hu & Loizou 2008), 1..5"),
     MetricSpec("covl", "COVL", "MOS", True, 0.05, sample_rate=16000, fn="harness.speech:composite",
-               statuses=("composite_failed",), description="composite overall quality (Hu & Loizou 2008), 1..5"),
+               statuses=_speech.COMPOSITE_STATUSES, description="composite overall quality (Hu & Loizou 2008), 1..5"),
     MetricSpec("stoi", "STOI", "", True, 0.01, sample_rate=16000, fn="harness.speech:stoi",
-               statuses=("stoi_failed",), description="short-time objective intelligibility (pystoi, 10 kHz inside), 0..1"),
+               statuses=_speech.STOI_STATUSES, description="short-time objective intelligibility (pystoi, 10 kHz inside), 0..1"),
     MetricSpec("estoi", "ESTOI", "", True, 0.01, sample_rate=16000, fn="harness.speech:stoi",
-               statuses=("stoi_failed",), description="extended STOI (pystoi extended=True), 0..1"),
+               statuses=_speech.STOI_STATUSES, description="extended STOI (pystoi extended=True), 0..1"),
     MetricSpec("dnsmos_sig", "DNSMOS SIG", "MOS", True, 0.05, sample_rate=16000, fn="harness.speech:dnsmos",
-               opt_in=True, group="dnsmos", statuses=("dnsmos_failed",),
+               opt_in=True, group="dnsmos", statuses=_speech.DNSMOS_STATUSES,
                description="DNSMOS P.835 speech quality (speechmos, non-intrusive)"),
     MetricSpec("dnsmos_bak", "DNSMOS BAK", "MOS", True, 0.05, sample_rate=16000, fn="harness.speech:dnsmos",
-               opt_in=True, group="dnsmos", statuses=("dnsmos_failed",),
+               opt_in=True, group="dnsmos", statuses=_speech.DNSMOS_STATUSES,
                description="DNSMOS P.835 background quality (speechmos, non-intrusive)"),
     MetricSpec("dnsmos_ovrl", "DNSMOS OVRL", "MOS", True, 0.05, sample_rate=16000, fn="harness.speech:dnsmos",
-               opt_in=True, group="dnsmos", statuses=("dnsmos_failed",),
+               opt_in=True, group="dnsmos", statuses=_speech.DNSMOS_STATUSES,
                description="DNSMOS P.835 overall quality (speechmos, non-intrusive)"),
     MetricSpec("bss_sdr", "BSS SDR", _DB, True, 0.1, fn="harness.bss:bss_sources", opt_in=True, group="bss",
-               needs_interferer=True, statuses=("bss_failed", "bss_no_interferer"),
+               statuses=_bss.BSS_STATUSES,
                description="BSS-eval sources SDR, target and interferer as references (mir_eval bss_eval_sources)"),
     MetricSpec("bss_sir", "BSS SIR", _DB, True, 0.1, fn="harness.bss:bss_sources", opt_in=True, group="bss",
-               needs_interferer=True, statuses=("bss_failed", "bss_no_interferer"),
+               statuses=_bss.BSS_STATUSES,
                description="BSS-eval sources SIR (mir_eval bss_eval_sources)"),
     MetricSpec("bss_sar", "BSS SAR", _DB, True, 0.1, fn="harness.bss:bss_sources", opt_in=True, group="bss",
-               needs_interferer=True, statuses=("bss_failed", "bss_no_interferer"),
+               statuses=_bss.BSS_STATUSES,
                description="BSS-eval sources SAR (mir_eval bss_eval_sources)"),
     MetricSpec("residual_db", "Residual", _DB, False, 0.1, fn=None, opt_in=True, group="absent",
                description="energy of the output for an absent query relative to the mixture (issue 12), lower is better"),

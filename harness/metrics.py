@@ -620,7 +620,8 @@ def musdb_sdr(ref, est, sample_rate: int) -> float:
     median over the remaining frames (museval/pandas aggregate with a NaN-skipping median).
 
     Evaluated one target at a time: museval's SiSEC evaluation of all four targets jointly marks a frame
-    NaN for every target when *any* target is silent there; that rule is not applied here (DESIGN §9).
+    NaN for every target when *any* target is silent there; that rule is not applied here (DESIGN §9):
+    ``eval --musdb-protocol sisec18`` applies it (:func:`harness.musdb_protocols.joint_sdr`).
 
     Args:
         ref: ``(L,)`` or ``(L, C)`` reference image.

@@ -286,6 +286,11 @@ def write_html(run_dir: Path, items: pd.DataFrame, sources, systems: list[str], 
                                           for k, *_ in TABLE2])
         row_cls.append("paper")
     body.append(_table(["system", *[h for _, h, *_ in TABLE2]], rows, row_cls=row_cls))
+    from harness.musdb_protocols import protocol_note
+
+    musdb_note = protocol_note(run_dir, items)
+    if musdb_note:
+        body.append(f"<p>{_e(musdb_note)}</p>")
     body.append(f"<p><small>{_e(CONVENTIONS)}</small></p>")
     if "table2.png" in pngs:
         body.append(_img(pngs["table2.png"], "Table 2 overview"))

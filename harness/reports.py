@@ -491,7 +491,10 @@ def render_report(run_dir: str | Path, aggregate: str | None = None) -> Report:
     conventions = CONVENTIONS if aggregate is None else (
         f"Aggregation: every column is `{aggregate}` ({aggregations.aggregation(aggregate).description}), "
         "chosen with --aggregate, not the declared per-column conventions. " + CONVENTIONS)
-    parts += ["## Table 2 (paper layout)", "", table2_md, "", conventions, "",
+    from harness.musdb_protocols import protocol_note
+
+    musdb_note = protocol_note(run_dir, items)
+    parts += ["## Table 2 (paper layout)", "", table2_md, "", *([musdb_note, ""] if musdb_note else []), conventions, "",
               "HTML report (tables, figures, audio): [report.html](report.html)", ""]
     parts += ["## Detail per dataset", ""]
     detail = [[r["system"], r["dataset"], r["condition"], r["metric"], str(r["ok"]), str(r["classes"]),

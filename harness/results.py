@@ -106,6 +106,7 @@ def results(run_dir: str | Path, items: pd.DataFrame | None = None, aggregate_na
             ) -> dict[str, Any]:
     """The ``results.json`` content of a run or report folder (see the module docstring); ``aggregate_name``
     replaces every metric's declared aggregation (``report --aggregate``)."""
+    from harness.musdb_protocols import run_protocol
     from harness.metric_registry import metric_spec, usable_mask
     from harness.reports import aggregate, aggregate_kind, cell_condition, load_items, table2, table2_cells
 
@@ -141,6 +142,7 @@ def results(run_dir: str | Path, items: pd.DataFrame | None = None, aggregate_na
                     "table2": sources.get((dataset, cond, metric), []),
                     "build_digest": run.get("builds", {}).get(dataset, {}).get("digest"),
                     "system_info": info,
+                    **({"musdb_protocol": run_protocol(run)} if metric.startswith("musdb_") else {}),
                 })
     provenance = [{"system": s, "uss_bench_version": r.get("versions", {}).get("harness"),
                    "git_revision": r.get("git_revision"), "host": r.get("host"),

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from harness import metric_registry, metrics, parallel
+from harness import metric_registry, metrics, musdb_protocols, parallel
 from harness.audio import resample
 from harness.errors import UssBenchError
 
@@ -91,11 +91,12 @@ def _score_rest(out: dict[str, Any], ref: np.ndarray, est: np.ndarray, mix: np.n
             values, status = {}, next((s for s in spec.statuses if s.endswith("no_interferer")), "no_interferer")
         else:
             try:
-                values, status = spec.function()(r, e, x, rate, interferer=i)
+                options = {k: dataset_cfg[k] for k in spec.options if k in dataset_cfg}
+                values, status = spec.function()(r, e, x, rate, interferer=i, **options)
             except UssBenchError:
                 raise
             except Exception:  # a metric's failure is its own status, never the end of the eval
-                values, status = {}, spec.statuses[0] if spec.statuses else "metric_error"
+                values, status = {}, next((s for s in spec.statuses if s.endswith(("_failed", "_error"))), "metric_error")
         for c in columns:
             out[c] = float(values.get(c, float("nan"))) if status == "ok" else float("nan")
             if status != "ok":
@@ -109,10 +110,15 @@ def _score_rest(out: dict[str, Any], ref: np.ndarray, est: np.ndarray, mix: np.n
     return out
 
 
-def musdb_item(ref, est, mix, sample_rate: int, *, interferer=None) -> tuple[dict[str, float], str]:
-    """``musdb_sdr`` and ``musdb_sdri`` of one item (:func:`harness.metrics.musdb_sdr`, museval's order)."""
-    sdr_e = metrics.musdb_sdr(ref, est, sample_rate)
-    return {"musdb_sdr": sdr_e, "musdb_sdri": sdr_e - metrics.musdb_sdr(ref, mix, sample_rate)}, "ok"
+def musdb_item(ref, est, mix, sample_rate: int, *, interferer=None,
+               musdb_protocol: str = musdb_protocols.DEFAULT_PROTOCOL) -> tuple[dict[str, float], str]:
+    """``musdb_sdr`` and ``musdb_sdri`` of one item under ``musdb_protocol``
+    (:func:`harness.musdb_protocols.item_sdr`; ``museval``: :func:`harness.metrics.musdb_sdr`, museval's order).
+    A joint protocol (``sisec18``) returns no values here: :func:`score_batch` scores a track's rows together."""
+    if musdb_protocol in musdb_protocols.JOINT_PROTOCOLS:
+        return {}, "ok"
+    sdr_e, sdr_i = musdb_protocols.item_sdr(ref, est, mix, sample_rate, musdb_protocol)
+    return {"musdb_sdr": sdr_e, "musdb_sdri": sdr_i}, "ok"
 
 
 def pesq_item(ref, est, mix, sample_rate: int, *, interferer=None) -> tuple[dict[str, float], str]:
@@ -187,7 +193,29 @@ def score_batch(refs: Sequence[np.ndarray] | np.ndarray, ests: Sequence[np.ndarr
         o["si_sdr"] = float(si_e[j])
         o["si_sdri"] = o["si_sdr"] - float(si_m[j])
         _score_rest(o, refs[i], ests[i], mixes[i], dataset_cfg, None if interferers is None else interferers[i])
+    if dataset_cfg.get("musdb_protocol") in musdb_protocols.JOINT_PROTOCOLS and "musdb_sdr" in dataset_cfg["metrics"]:
+        _score_joint(out, ok, refs, ests, mixes, dataset_cfg)
     return out
+
+
+def _score_joint(out: list[dict[str, Any]], ok: list[int], refs, ests, mixes, dataset_cfg: dict) -> None:
+    """``musdb_sdr`` / ``musdb_sdri`` of the rows of one track scored together (``--musdb-protocol sisec18``,
+    :func:`harness.musdb_protocols.joint_sdr`). The eval hands a track's rows in one task and sets
+    ``dataset_cfg["musdb_joint"]`` when no target of the track is missing; otherwise (a target unscorable,
+    not separated, or a task that is not one whole track) the columns stay NaN and ``status_detail`` says why."""
+    n = len(out)
+    same_mix = all(np.array_equal(mixes[i], mixes[0]) for i in range(1, n))
+    if dataset_cfg.get("musdb_joint") and len(ok) == n and same_mix:
+        sdr, sdri = musdb_protocols.joint_sdr([refs[i] for i in ok], [ests[i] for i in ok], mixes[0],
+                                              dataset_cfg["sample_rate"])
+        for j, i in enumerate(ok):
+            out[i]["musdb_sdr"], out[i]["musdb_sdri"] = float(sdr[j]), float(sdri[j])
+        return
+    why = ("the rows are not one track's (different mixtures)" if not same_mix else
+           f"only {len(ok)} of the track's targets are scorable" if dataset_cfg.get("musdb_joint") else
+           "a target of the track was not separated (unscorable or outside --limit)")
+    for i in ok:
+        out[i]["status_detail"] = f"musdb joint (sisec18) SDR not computed: {why}"
 
 
 BATCH_SAMPLES = 1 << 14

@@ -68,6 +68,8 @@ USAGE_MISTAKES = {
     "unknown device (separate)": (["separate", "a.wav", "--checkpoint", "x", "--out", "o", "--device", "tpu"],
                                   "--device"),
     "missing argument": (["build-mixtures"], "Missing argument"),
+    "misspelt musdb protocol": (["eval", "musdb18", "--baseline", "mixture", "--musdb-protocol", "sisec"],
+                                "did you mean 'sisec18'"),
 }
 
 
