@@ -582,11 +582,14 @@ def report(
     out: Annotated[Path | None, typer.Option(help="report folder (needed for several runs) [the run itself]")] = None,
     allow_different_sets: Annotated[bool, typer.Option(
         help="show runs side by side even when their sets of a dataset have different build digests")] = False,
+    paper_row: Annotated[str | None, typer.Option(
+        help='the paper\'s row beside ours, "Table N: SYSTEM" (reports/paper/uss_paper_tables.csv) '
+             '[Table 2: CNN14 (44a), the default system]')] = None,
 ) -> None:
     """Re-render summary.md, per_class.md, the figures and report.html; several runs side by side."""
     from harness.reports import report_runs
 
-    rep = report_runs(runs, out, allow_different_sets)
+    rep = report_runs(runs, out, allow_different_sets, paper_row=paper_row)
     console.print(rep.summary.read_text().split("## Detail")[0], markup=False, highlight=False)
     console.print(f"wrote {rep.summary}, {rep.per_class}, {len(rep.figures)} figure(s)", markup=False)
     console.print(f"HTML report: {rep.html}", markup=False, highlight=False)

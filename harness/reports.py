@@ -16,7 +16,6 @@ Only rows with ``status == "ok"`` enter an aggregate; the others are counted in 
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.config import DATASET_NAMES, REPO_ROOT
+from harness.config import DATASET_NAMES
 from harness.datasets.store import atomic_write_text
 from harness.errors import UssBenchError
 
@@ -121,17 +120,37 @@ def table2_row(items: pd.DataFrame) -> dict[str, float]:
     return row
 
 
-def paper_rows(path: Path | None = None) -> list[tuple[str, dict[str, float]]]:
-    """The paper's published rows from ``reports/baselines/paper_table2.csv`` (empty cells = NaN)."""
-    path = path or REPO_ROOT / "reports" / "baselines" / "paper_table2.csv"
-    if not path.is_file():
-        return []
-    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
-    out = []
-    for rec in csv.DictReader(lines):
-        name = rec.pop("system")
-        out.append((name, {k: float(v) if v.strip() else float("nan") for k, v in rec.items()}))
-    return out
+def paper_rows(name: str | None = None) -> list[tuple[str, dict[str, float]]]:
+    """``[(label, {column key: value})]`` of the paper's row shown beside ours (:func:`harness.paper.paper_row`:
+    the default system's row unless ``name``); the values cover all 14 columns of the paper's tables.
+
+    Raises:
+        ConfigError: an unknown row name ("did you mean …" and the list). MetadataError: a bad paper CSV.
+    """
+    from harness.paper import paper_row
+
+    row = paper_row(name)
+    return [(row.label, dict(row.values))]
+
+
+def paper_protocol_markdown(name: str | None = None) -> str:
+    """The paper's row beside ours, column by column: its value, its protocol as far as known, and the
+    aggregation of our cell (so a reader sees which cells are comparable); then the paper's columns that
+    have no cell of ours (MUSDB18 wSDR/wSDRi).
+
+    Raises:
+        see :func:`paper_rows`.
+    """
+    from harness.paper import PAPER_SOURCE, paper_row, protocol_table
+
+    row = paper_row(name)
+    ours = {key: how for key, _h, _d, _m, _p, how in TABLE2}
+    rows = [[r["header"], _fmt(r["value"]), r["unit"], r["protocol"], r["ours"] or "(no column of ours)", r["same"]]
+            for r in protocol_table(row, ours)]
+    return "\n".join([
+        f"Paper row `{row.name}` (Table {row.table}: {row.caption}; {PAPER_SOURCE}; choose another with "
+        "`uss-bench report --paper-row \"Table N: SYSTEM\"`, rows in reports/paper/):", "",
+        markdown_table(["column", "paper", "unit", "paper's protocol", "ours", "same protocol"], rows, "lrllll")])
 
 
 def _fmt(x: float, digits: int = 2) -> str:
@@ -331,20 +350,25 @@ class Report:
     """The self-contained ``report.html``."""
 
 
-def report_runs(runs: list[str | Path], out: str | Path | None = None, allow_different_sets: bool = False
-                ) -> Report:
+def report_runs(runs: list[str | Path], out: str | Path | None = None, allow_different_sets: bool = False,
+                paper_row: str | None = None) -> Report:
     """Render one report of several runs (or folders of runs) side by side into ``out``.
 
     With one run and no ``out`` (or ``out`` the run itself) the run's own folder is re-rendered. Otherwise
     ``out`` receives the merged ``items.parquet`` and ``sources.json`` (the runs, their systems and set
-    digests), then the report files (:func:`render_report`).
+    digests), then the report files (:func:`render_report`). ``paper_row`` names the paper's row shown
+    beside ours (:func:`harness.paper.paper_row`; the default system's when ``None``).
 
     Raises:
-        UssBenchError: see :func:`merge_runs`; several runs without ``out``.
+        UssBenchError: see :func:`merge_runs`; several runs without ``out``; an unknown ``paper_row``
+            (checked before anything is written).
     """
+    from harness.paper import paper_row as _check_row
+
+    _check_row(paper_row)
     expanded = expand_runs(runs)
     if len(expanded) == 1 and (out is None or Path(out).resolve() == expanded[0].resolve()):
-        return render_report(expanded[0])
+        return render_report(expanded[0], paper_row)
     if out is None:
         raise UssBenchError(f"{len(expanded)} runs make one report: name its folder with --out DIR")
     from harness.datasets.store import atomic_write_parquet
@@ -354,11 +378,13 @@ def report_runs(runs: list[str | Path], out: str | Path | None = None, allow_dif
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_parquet(items, out / "items.parquet")
     atomic_write_text(out / SOURCES_JSON, json.dumps({"runs": [s.as_json() for s in sources]}, indent=2) + "\n")
-    return render_report(out)
+    return render_report(out, paper_row)
 
 
-def table2_markdown(items: pd.DataFrame, systems: list[str]) -> tuple[str, dict[str, dict]]:
-    """The Table 2 section's table (ours with coverage markers, then the paper's rows) and its cells."""
+def table2_markdown(items: pd.DataFrame, systems: list[str], paper_row: str | None = None
+                    ) -> tuple[str, dict[str, dict]]:
+    """The Table 2 section's table (ours with coverage markers, then the paper's row ``paper_row``, all
+    12 cells) and its cells."""
     header = ["system", *[h for _, h, *_ in TABLE2]]
     rows, cells = [], {}
     for system in systems:
@@ -367,7 +393,7 @@ def table2_markdown(items: pd.DataFrame, systems: list[str]) -> tuple[str, dict[
         own = [c for c in dict.fromkeys(sub["condition"]) if c not in ("average", "oracle", "none")]
         name = f"**{system}**" + (f" (query mode: {', '.join(own)})" if own else "")  # Table 2 names the mode
         rows.append([name, *[format_cell(cells[system][k]) for k, *_ in TABLE2]])
-    for name, paper in paper_rows():
+    for name, paper in paper_rows(paper_row):
         rows.append([name, *[_fmt(paper.get(k, float("nan")), 2) for k, *_ in TABLE2]])
     return markdown_table(header, rows), cells
 
@@ -420,17 +446,19 @@ CONVENTIONS = (
     "Numbers on the dev or demo corpora are not comparable with the paper's.")
 
 
-def render_report(run_dir: str | Path) -> Report:
+def render_report(run_dir: str | Path, paper_row: str | None = None) -> Report:
     """(Re-)render a report folder from its ``items.parquet``.
 
     Writes ``summary.md`` (Table 2 with coverage markers, detail with CIs, item status), ``per_class.md``,
     the figures ``table2.png`` and ``per_class_<dataset>.png`` (:mod:`harness.figures`) and the
     self-contained ``report.html`` (:mod:`harness.report_html`; audio players when the runs saved
-    estimates under ``<run>/estimates/<dataset>/``). Every file is written atomically.
+    estimates under ``<run>/estimates/<dataset>/``). Every file is written atomically. ``paper_row``
+    names the paper's row shown beside ours (:func:`harness.paper.paper_row`; the default system's when
+    ``None``); ``summary.md`` shows its 12 Table 2 cells and, per column, its protocol beside ours.
 
     Raises:
         UssBenchError: ``run_dir`` has no readable ``items.parquet``; unreadable ``run.json`` /
-            ``sources.json``.
+            ``sources.json``; an unknown ``paper_row`` (ConfigError) or a bad paper CSV (MetadataError).
     """
     from harness import figures as F
     from harness.report_html import write_html
@@ -448,11 +476,11 @@ def render_report(run_dir: str | Path) -> Report:
     if (run_dir / SOURCES_JSON).is_file():
         parts.append("Runs: " + "; ".join(f"`{s.label}` ({s.path})" for s in sources))
         parts.append("")
-    table2, cells = table2_markdown(items, systems)
+    table2, cells = table2_markdown(items, systems, paper_row)
     from harness.results import write_results
 
-    write_results(run_dir, items)  # the same cells for machines
-    parts += ["## Table 2 (paper layout)", "", table2, "", CONVENTIONS, "",
+    write_results(run_dir, items, paper_row=paper_row)  # the same cells for machines
+    parts += ["## Table 2 (paper layout)", "", table2, "", paper_protocol_markdown(paper_row), "", CONVENTIONS, "",
               "HTML report (tables, figures, audio): [report.html](report.html)", ""]
     parts += ["## Detail per dataset", ""]
     detail = [[r["system"], r["dataset"], r["condition"], r["metric"], str(r["ok"]), str(r["classes"]),
@@ -468,7 +496,7 @@ def render_report(run_dir: str | Path) -> Report:
     colors = F.system_colors(systems)
     pngs: dict[str, bytes] = {}
     with F.figure_style():
-        paper = paper_rows()
+        paper = paper_rows(paper_row)
         present = set(items["dataset"])
         fig = F.table2_figure(cells, [(k, h) for k, h, d, *_ in TABLE2 if d in present], paper[0][1] if paper else {},
                               colors,
@@ -489,7 +517,7 @@ def render_report(run_dir: str | Path) -> Report:
     atomic_write_text(summary, "\n".join(parts))
     per_class = run_dir / "per_class.md"
     atomic_write_text(per_class, per_class_markdown(items))
-    html = write_html(run_dir, items, sources, systems, cells, pngs, colors)
+    html = write_html(run_dir, items, sources, systems, cells, pngs, colors, paper_row=paper_row)
     return Report(summary=summary, per_class=per_class, figure=figure_paths[0] if pngs.get("table2.png") else None,
                   figures=figure_paths, html=html)
 
