@@ -1,4 +1,5 @@
-"""Aggregation, Markdown tables, reports of one or several runs, and ``compare`` (DESIGN §6–7).
+"""Aggregation, Markdown tables and reports of one or several runs (DESIGN §6–7); ``compare`` lives in
+:mod:`harness.compare` (its names stay importable from here).
 
 Aggregates name their convention:
 
@@ -17,7 +18,7 @@ Only rows with ``status == "ok"`` enter an aggregate; the others are counted in 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -565,152 +566,6 @@ def load_items(run: str | Path) -> pd.DataFrame:
     return items
 
 
-@dataclass
-class Comparison:
-    """Per-aggregate deltas between two runs on their paired items."""
-
-    table: pd.DataFrame
-    """One row per (system, dataset, condition, metric): ``base``, ``candidate``, ``delta`` and ``note``
-    (``""``, ``"missing in candidate"``, ``"missing in base"``, ``"missing in both"``: the run has no such
-    metric column)."""
-    regressions: pd.DataFrame
-    unpaired: dict[str, int]
-    newly_failing: int
-    """Items ``ok`` in the baseline but not in the candidate (they count as a regression)."""
-    missing: int = 0
-    """Baseline rows without a row in the candidate (items or whole datasets lost): a regression unless
-    :attr:`allow_missing`."""
-    missing_datasets: list[str] = field(default_factory=list)
-    """Datasets of the baseline of which the candidate has no row at all."""
-    allow_missing: bool = False
-    """Rows missing from the candidate do not fail the comparison (``--allow-missing``)."""
-
-    @property
-    def failed(self) -> bool:
-        """Whether the comparison fails: a regression, an item that stopped scoring, or rows missing."""
-        return bool(len(self.regressions) or self.newly_failing or (self.missing and not self.allow_missing))
-
-
-def check_tolerance(tolerance_db: float) -> float:
-    """``tolerance_db`` as a float when it is finite and ≥ 0.
-
-    Raises:
-        UssBenchError: NaN (it would disable the gate: every comparison with NaN is false), ±inf or a
-            negative value.
-    """
-    tol = float(tolerance_db)
-    if not np.isfinite(tol) or tol < 0:
-        raise UssBenchError(f"--tolerance-db {tolerance_db}: the tolerance must be a finite number ≥ 0 "
-                            "(dB; MOS for PESQ), e.g. --tolerance-db 0.1")
-    return tol
-
-
-def _run_folder(run: str | Path) -> Path:
-    """The run folder of ``run`` (a folder, or its ``items.parquet``)."""
-    path = Path(run)
-    return path.parent if path.is_file() else path
-
-
-def check_same_sets(base: str | Path, cand: str | Path) -> None:
-    """Refuse two runs whose ``run.json`` record different build digests for a dataset.
-
-    A run's digests come from its ``run.json``, a report folder's from the runs its ``sources.json``
-    names; runs without either (a committed baseline of items only) record no digests and pass.
-
-    Raises:
-        UssBenchError: names the dataset and both digests.
-    """
-    da, db = _set_digests(base), _set_digests(cand)
-    differ = [d for d in sorted(set(da) & set(db)) if da[d] != db[d]]
-    if differ:
-        d = differ[0]
-        show = [", ".join(f"{v[:12]}…" for v in sorted(x[d])) for x in (da, db)]
-        raise UssBenchError(
-            f"{base} and {cand} evaluated {', '.join(differ)} on different sets (build digest of {d}: "
-            f"{show[0]} vs {show[1]}): their items do not pair. Evaluate both on one build, or pass "
-            "--allow-different-sets to compare them anyway")
-
-
-def _set_digests(run: str | Path) -> dict[str, set[str]]:
-    """``{dataset: build digests}`` of a run folder or report folder (:func:`run_sources`)."""
-    out: dict[str, set[str]] = {}
-    for src in run_sources(_run_folder(run)):
-        for dataset, digest in src.digests.items():
-            out.setdefault(dataset, set()).add(digest)
-    return out
-
-
-def _metric_note(metric: str, a: pd.DataFrame, b: pd.DataFrame) -> str:
-    where = [name for name, frame in (("base", a), ("candidate", b)) if metric not in frame.columns]
-    return "" if not where else "missing in both" if len(where) == 2 else f"missing in {where[0]}"
-
-
-def compare_runs(base: str | Path, cand: str | Path, tolerance_db: float = 0.1, two_sided: bool = False,
-                 allow_missing: bool = False, allow_different_sets: bool = False) -> Comparison:
-    """Pair rows by ``(dataset, condition, item_id)`` and compare each Table 2 aggregate.
-
-    Runs holding one system each are paired whatever the systems' names (a new checkpoint against an old
-    one). Runs holding several systems (e.g. the demo: baselines and the demo model) are paired per
-    system too, by ``(system, dataset, condition, item_id)``.
-
-    A regression is an aggregate of the candidate lower than the baseline's by more than
-    ``tolerance_db`` (applied as is to PESQ, in MOS); with ``two_sided`` any change beyond the tolerance
-    counts (a golden table, such as the demo's, must be refreshed deliberately, also when it improves).
-    Aggregates use the rows that are ``ok`` in both runs. A metric column that a run lacks gives NaN
-    (noted in ``table.note``); lost by the candidate while the baseline has values, it is a regression.
-    Baseline rows that the candidate lacks (items, whole datasets) make :attr:`Comparison.failed` true
-    unless ``allow_missing``.
-
-    Raises:
-        UssBenchError: unreadable inputs, no item in common, a tolerance that is not finite and ≥ 0,
-            duplicate keys, or (unless ``allow_different_sets``) runs on sets with different build digests.
-    """
-    tolerance_db = check_tolerance(tolerance_db)
-    a, b = load_items(base), load_items(cand)
-    if not allow_different_sets:
-        check_same_sets(base, cand)
-    metrics = sorted({m for ms in HEADLINE.values() for m in ms} | {"sdri"})
-    notes = {m: _metric_note(m, a, b) for m in metrics}
-    a = a.assign(**{m: np.nan for m in metrics if m not in a.columns})
-    b = b.assign(**{m: np.nan for m in metrics if m not in b.columns})
-    multi = a["system"].nunique() > 1 or b["system"].nunique() > 1
-    key = (["system"] if multi else []) + ["dataset", "condition", "item_id"]
-    if a.duplicated(key).any() or b.duplicated(key).any():
-        raise UssBenchError(f"a run has duplicate ({', '.join(key)}) rows; cannot pair them")
-    if not multi:
-        b = b.assign(system=a["system"].iloc[0] if len(a) else "")
-    merged = a.merge(b, on=key, suffixes=("_base", "_cand"))
-    if not multi:
-        merged["system"] = merged["system_base"]
-    if merged.empty:
-        raise UssBenchError(f"{base} and {cand} have no item in common (pairs by {', '.join(key)})")
-    unpaired = {"base_only": len(a) - len(merged), "candidate_only": len(b) - len(merged)}
-    missing_datasets = sorted(set(a["dataset"]) - set(b["dataset"]))
-    for dataset in missing_datasets:
-        unpaired[f"{dataset}: in base, absent from candidate"] = int((a["dataset"] == dataset).sum())
-    both_ok = merged[(merged["status_base"] == "ok") & (merged["status_cand"] == "ok")]
-    rows = []
-    for (system, dataset, cond), sub in both_ok.groupby(["system", "dataset", "condition"], sort=False):
-        how = aggregate_kind(dataset)
-        for metric in HEADLINE.get(dataset, ("sdri",)):
-            va = aggregate(sub[f"{metric}_base"], sub["label_base"], how)
-            vb = aggregate(sub[f"{metric}_cand"], sub["label_base"], how)
-            rows.append({"system": system, "dataset": dataset, "condition": cond, "metric": metric,
-                         "aggregate": how, "items": len(sub), "base": va, "candidate": vb, "delta": vb - va,
-                         "note": notes[metric]})
-    failing = (merged["status_base"] == "ok") & (merged["status_cand"] != "ok")
-    for dataset, n in merged[failing].groupby("dataset").size().items():
-        unpaired[f"{dataset}: ok in base, not scored in candidate"] = int(n)
-    table = pd.DataFrame(rows)
-    if len(table):
-        off = table["delta"].abs() > tolerance_db if two_sided else table["delta"] < -tolerance_db
-        regressions = table[off | ~np.isfinite(table["delta"]) & np.isfinite(table["base"])]
-    else:
-        regressions = table
-    return Comparison(table=table, regressions=regressions, unpaired=unpaired, newly_failing=int(failing.sum()),
-                      missing=unpaired["base_only"], missing_datasets=missing_datasets, allow_missing=allow_missing)
-
-
 def write_baseline(run: str | Path, baseline_dir: str | Path) -> Path:
     """Make ``run`` the new baseline: copy its ``items.parquet`` and write ``summary.md`` and
     ``aggregates.csv`` (one line per system, dataset, condition and Table 2 metric) into ``baseline_dir``.
@@ -736,3 +591,16 @@ def write_baseline(run: str | Path, baseline_dir: str | Path) -> Path:
     atomic_write_text(out / "aggregates.csv", "\n".join(lines) + "\n")
     render_report(out)
     return out
+
+
+_COMPARE_NAMES = ("Comparison", "check_same_sets", "check_tolerance", "compare_runs")
+
+
+def __getattr__(name: str):
+    """``Comparison``, ``compare_runs``, ``check_same_sets``, ``check_tolerance``: re-exported from
+    :mod:`harness.compare` (imported lazily: that module imports this one)."""
+    if name in _COMPARE_NAMES:
+        from harness import compare
+
+        return getattr(compare, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
