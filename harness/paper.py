@@ -13,7 +13,6 @@ import csv
 import math
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from harness.config import REPO_ROOT
@@ -121,7 +120,6 @@ def load_paper_rows(path: str | Path | None = None) -> list[PaperRow]:
     return list(_load(Path(path) if path is not None else PAPER_CSV))
 
 
-@lru_cache(maxsize=4)
 def _load(path: Path) -> tuple[PaperRow, ...]:
     fix = "restore it from git (a copy of ../shared/reference/paper/uss_paper_tables.csv)"
     try:
