@@ -652,11 +652,14 @@ def report(
     allow_different_sets: Annotated[bool, typer.Option(
         help="show runs side by side even when their sets of a dataset have different build digests")] = False,
     aggregate: Annotated[str | None, typer.Option(help=_AGGREGATE_HELP + " [the run's --aggregate, else declared]")] = None,
+    paper_row: Annotated[str | None, typer.Option(
+        help='the paper\'s row beside ours, "Table N: SYSTEM" (reports/paper/uss_paper_tables.csv) '
+             '[Table 2: CNN14 (44a), the default system]')] = None,
 ) -> None:
     """Re-render summary.md, per_class.md, the figures and report.html; several runs side by side."""
     from harness.reports import report_runs
 
-    rep = report_runs(runs, out, allow_different_sets, aggregate)
+    rep = report_runs(runs, out, allow_different_sets, aggregate, paper_row=paper_row)
     console.print(rep.summary.read_text().split("## Detail")[0], markup=False, highlight=False)
     console.print(f"wrote {rep.summary}, {rep.per_class}, {len(rep.figures)} figure(s)", markup=False)
     console.print(f"HTML report: {rep.html}", markup=False, highlight=False)
@@ -666,20 +669,28 @@ def report(
 def compare(
     base: Annotated[Path, typer.Argument(help="baseline run folder (or items.parquet)")],
     candidate: Annotated[Path, typer.Argument(help="candidate run folder (or items.parquet)")],
-    tolerance_db: Annotated[float, typer.Option(help="allowed drop of any aggregate, finite and ≥ 0 (dB; MOS for PESQ)")] = 0.1,
+    tolerance: Annotated[float | None, typer.Option(
+        "--tolerance", "--tolerance-db",
+        help="allowed drop of any aggregate (and class median), finite and ≥ 0, in each metric's own unit "
+             "(dB; MOS for PESQ) [each metric's default from the metric registry]")] = None,
     two_sided: Annotated[bool, typer.Option(help="any change beyond the tolerance fails, not only drops")] = False,
     allow_missing: Annotated[bool, typer.Option(
         help="items or datasets of BASE that CANDIDATE lacks do not fail the comparison (they are listed)")] = False,
     allow_different_sets: Annotated[bool, typer.Option(
         help="compare even when the runs evaluated a dataset on sets with different build digests")] = False,
+    fail_on_class: Annotated[bool, typer.Option(
+        help="a class whose median drops by more than its tolerance fails the comparison (exit 1)")] = False,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="machine-readable comparison [CANDIDATE's folder/compare.json]")] = None,
     update: Annotated[bool, typer.Option(help="after comparing, make CANDIDATE the new baseline in BASE (a folder)")] = False,
 ) -> None:
-    """Compare two runs item by item; exit 1 when an aggregate drops by more than the tolerance or the
-    candidate lacks items of the baseline; exit 2 for runs on different sets."""
+    """Compare two runs item by item, with a paired test per dataset; exit 1 when an aggregate drops by more
+    than its tolerance or the candidate lacks items of the baseline; exit 2 for runs on different sets."""
     from harness.reports import write_baseline
 
-    failed = print_comparison(base, candidate, tolerance_db, two_sided, allow_missing=allow_missing,
-                              allow_different_sets=allow_different_sets)
+    failed = print_comparison(base, candidate, tolerance, two_sided, allow_missing=allow_missing,
+                              allow_different_sets=allow_different_sets, fail_on_class=fail_on_class,
+                              json_out=json_out)
     if update:
         write_baseline(candidate, base)
         console.print(f"baseline {base} updated from {candidate}: review and commit {base}/aggregates.csv and summary.md")
@@ -692,29 +703,55 @@ def _num(x: float, fmt: str = ".3f") -> str:
     return f"{x:{fmt}}" if x == x else "—"  # NaN: a metric not computed (or missing)
 
 
-def print_comparison(base: Path, candidate: Path, tolerance_db: float, two_sided: bool, *,
-                     allow_missing: bool = False, allow_different_sets: bool = False) -> bool:
-    """Print the comparison table; return True when it finds a regression (or, two-sided, a change), an
-    item that stopped scoring, or (unless ``allow_missing``) baseline items the candidate lacks."""
-    from harness.reports import compare_runs
+def _p(x: float) -> str:
+    return "—" if x != x else f"{x:.2g}" if x < 0.001 else f"{x:.3f}"
 
-    cmp = compare_runs(base, candidate, tolerance_db, two_sided=two_sided, allow_missing=allow_missing,
-                       allow_different_sets=allow_different_sets)
+
+def print_comparison(base: Path, candidate: Path, tolerance: float | None, two_sided: bool, *,
+                     allow_missing: bool = False, allow_different_sets: bool = False, fail_on_class: bool = False,
+                     json_out: Path | None = None) -> bool:
+    """Print the comparison table (with each row's paired test) and the class regressions, write
+    ``compare.json`` (``json_out``, else beside the candidate's items); return True when it finds a regression
+    (or, two-sided, a change), an item that stopped scoring, (unless ``allow_missing``) baseline items the
+    candidate lacks, or (with ``fail_on_class``) a class regression."""
+    from harness.compare import ALPHA, compare_runs, write_compare_json
+
+    cmp = compare_runs(base, candidate, tolerance, two_sided=two_sided, allow_missing=allow_missing,
+                       allow_different_sets=allow_different_sets, fail_on_class=fail_on_class)
     kind = "change" if two_sided else "drop"
-    table = Table(title=f"compare {candidate} with {base} (allowed {kind}: {tolerance_db})")
-    for col in ("system", "dataset", "condition", "metric", "aggregate", "items", "base", "candidate", "delta", ""):
-        table.add_column(col, justify="right" if col in ("items", "base", "candidate", "delta") else "left")
+    allowed = "each metric's tolerance" if tolerance is None else f"{tolerance} in each metric's unit"
+    table = Table(title=f"compare {candidate} with {base} (allowed {kind}: {allowed}; paired test over the items "
+                        f"both scored: mean Δ [95% bootstrap CI], Wilcoxon p Holm-corrected, * = p < {ALPHA})")
+    for col in ("system", "dataset", "condition", "metric", "items", "base", "candidate", "delta",
+                "tol", "pairs", "mean Δ [95% CI]", "p (Holm)", ""):
+        table.add_column(col, justify="right" if col in ("items", "base", "candidate", "delta", "tol", "pairs",
+                                                         "p (Holm)") else "left")
     bad_rows = set(cmp.regressions.index) if len(cmp.regressions) else set()
     for idx, r in zip(cmp.table.index, cmp.table.itertuples(), strict=True):
         verdict = "[red]REGRESSION[/red]" if idx in bad_rows else "ok"
         if r.note:
             verdict += f" ({r.note})"
-        table.add_row(escape(r.system), r.dataset, r.condition, r.metric, r.aggregate, str(r.items), _num(r.base),
-                      _num(r.candidate), _num(r.delta, "+.3f"), verdict)
+        unit = f" {r.unit}" if r.unit else ""
+        test = f"{_num(r.mean_diff, '+.3f')} [{_num(r.ci_low, '+.3f')}, {_num(r.ci_high, '+.3f')}]"
+        table.add_row(escape(r.system), r.dataset, r.condition, f"{r.metric} ({r.unit or '-'})",
+                      str(r.items), _num(r.base), _num(r.candidate), _num(r.delta, "+.3f"), f"{r.tolerance:g}{unit}",
+                      str(r.pairs), test, _p(r.p_holm) + ("*" if r.significant else ""), verdict)
     console.print(table)
+    if len(cmp.class_regressions):
+        ctab = Table(title=f"classes whose median drops by more than the tolerance ({len(cmp.class_regressions)})"
+                           + ("" if fail_on_class else "; listed, not failing: pass --fail-on-class to fail"))
+        for col in ("system", "dataset", "condition", "metric", "class", "items", "base", "candidate", "delta"):
+            ctab.add_column(col, justify="right" if col in ("items", "base", "candidate", "delta") else "left")
+        for r in cmp.class_regressions.itertuples():
+            ctab.add_row(escape(r.system), r.dataset, r.condition, r.metric, escape(r.label), str(r.items),
+                         _num(r.base), _num(r.candidate), _num(r.delta, "+.3f"))
+        console.print(ctab)
     for k, v in cmp.unpaired.items():
         if v:
             console.print(f"  {escape(k)}: {v} row(s)")
+    folder = candidate.parent if candidate.is_file() else candidate
+    path = write_compare_json(cmp, json_out or folder / "compare.json")
+    console.print(f"compare.json: {path}", markup=False, highlight=False)
     if cmp.missing:
         what = f"{cmp.missing} item row(s) of the baseline" + (
             f", among them every row of {', '.join(cmp.missing_datasets)}" if cmp.missing_datasets else "")
@@ -724,8 +761,11 @@ def print_comparison(base: Path, candidate: Path, tolerance_db: float, two_sided
             err.print(f"[red]the candidate lacks {escape(what)}: a regression (pass --allow-missing if "
                       "intended)[/red]")
     if len(cmp.regressions) or cmp.newly_failing:
-        err.print(f"[red]{len(cmp.regressions)} aggregate(s) beyond the allowed {kind} of {tolerance_db}; "
+        err.print(f"[red]{len(cmp.regressions)} aggregate(s) beyond the allowed {kind} ({allowed}); "
                   f"{cmp.newly_failing} item(s) stopped scoring[/red]")
+    if fail_on_class and len(cmp.class_regressions):
+        err.print(f"[red]{len(cmp.class_regressions)} class(es) whose median dropped beyond the tolerance "
+                  "(--fail-on-class)[/red]")
     if cmp.failed:
         return True
     console.print("no regression")

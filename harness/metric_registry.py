@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from harness import bss as _bss  # light modules: statuses only; their libraries load lazily
+from harness import speech as _speech
 from harness.errors import ConfigError, did_you_mean
-from harness import bss as _bss, speech as _speech  # light modules: statuses only; their libraries load lazily
 
 
 @dataclass(frozen=True)

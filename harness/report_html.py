@@ -252,7 +252,8 @@ def _players(dataset: str, items: pd.DataFrame, sources, systems: list[str]) -> 
 
 
 def write_html(run_dir: Path, items: pd.DataFrame, sources, systems: list[str], cells: dict,
-               pngs: dict[str, bytes], colors: dict, sections: dict[str, str] | None = None) -> Path:
+               pngs: dict[str, bytes], colors: dict, sections: dict[str, str] | None = None,
+               paper_row: str | None = None) -> Path:
     """Write ``<run_dir>/report.html`` (atomically) and return its path.
 
     Args:
@@ -266,9 +267,13 @@ def write_html(run_dir: Path, items: pd.DataFrame, sources, systems: list[str], 
         sections: extra HTML fragments: ``{dataset: fragment}`` at the end of the dataset's section (the
             ontology roll-ups, :mod:`harness.rollups`), ``{"snr-sweep": fragment}`` after the detail
             (:mod:`harness.snr_sweep`).
+        paper_row: the paper's row beside ours (:func:`harness.paper.paper_row`; default system's when ``None``):
+            its 12 Table 2 cells, then a table of every paper column with its protocol beside ours.
     """
     sections = sections or {}
     from harness.figures import ordered_datasets
+    from harness.paper import PAPER_SOURCE, protocol_table
+    from harness.paper import paper_row as _paper_row
     from harness.reports import CONVENTIONS, TABLE2, detail_rows, format_cell, paper_rows, status_rows
 
     title = f"uss-bench report: {', '.join(systems) or 'no items'}"
@@ -281,11 +286,20 @@ def write_html(run_dir: Path, items: pd.DataFrame, sources, systems: list[str], 
         rows.append([(_swatch(system, colors), None)]
                     + [(_e(format_cell(cells[system][k])), _num(cells[system][k][0], 4)) for k, *_ in TABLE2])
         row_cls.append("")
-    for name, paper in paper_rows():
+    for name, paper in paper_rows(paper_row):
         rows.append([(_e(name), None)] + [(_e(_num(paper.get(k, np.nan))), _num(paper.get(k, np.nan), 4))
                                           for k, *_ in TABLE2])
         row_cls.append("paper")
     body.append(_table(["system", *[h for _, h, *_ in TABLE2]], rows, row_cls=row_cls))
+    row = _paper_row(paper_row)
+    ours = {key: how for key, _h, _d, _m, _p, how in TABLE2}
+    body.append(f"<p>Paper row <code>{_e(row.name)}</code> (Table {row.table}: {_e(row.caption)}; "
+                f"{_e(PAPER_SOURCE)}), column by column:</p>")
+    prow = [[(_e(r["header"]), None), (_e(_num(r["value"])), _num(r["value"], 4)), (_e(r["unit"]), None),
+             (_e(r["protocol"]), None), (_e(r["ours"] or "(no column of ours)"), None), (_e(r["same"]), None)]
+            for r in protocol_table(row, ours)]
+    body.append(_table(["column", "paper", "unit", "paper's protocol", "ours", "same protocol"], prow,
+                       cls="paper-protocol"))
     from harness.musdb_protocols import protocol_note
 
     musdb_note = protocol_note(run_dir, items)

@@ -1,4 +1,5 @@
-"""Aggregation, Markdown tables, reports of one or several runs, and ``compare`` (DESIGN §6–7).
+"""Aggregation, Markdown tables and reports of one or several runs (DESIGN §6–7); ``compare`` lives in
+:mod:`harness.compare` (its names stay importable from here).
 
 Aggregates name their convention:
 
@@ -16,16 +17,15 @@ Only rows with ``status == "ok"`` enter an aggregate; the others are counted in 
 
 from __future__ import annotations
 
-import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from harness import aggregations
-from harness.config import REPO_ROOT, dataset_names, load_dataset_config
+from harness.config import dataset_names, load_dataset_config
 from harness.datasets.store import atomic_write_text
 from harness.errors import UssBenchError
 from harness.metric_registry import usable_mask
@@ -62,8 +62,17 @@ def headline() -> dict[str, tuple[str, ...]]:
     return out
 
 
+_COMPARE_NAMES = ("Comparison", "check_same_sets", "check_tolerance", "compare_runs")
+
+
 def __getattr__(name: str):
-    # Derived from the dataset declarations at each access (a corpus registered later is included).
+    # TABLE2 / HEADLINE: derived from the dataset declarations at each access (a corpus registered later
+    # is included). Comparison, compare_runs, check_same_sets, check_tolerance: re-exported from
+    # harness.compare (imported lazily: that module imports this one).
+    if name in _COMPARE_NAMES:
+        from harness import compare
+
+        return getattr(compare, name)
     if name == "TABLE2":
         return table2()
     if name == "HEADLINE":
@@ -146,17 +155,37 @@ def table2_row(items: pd.DataFrame, aggregate: str | None = None) -> dict[str, f
     return row
 
 
-def paper_rows(path: Path | None = None) -> list[tuple[str, dict[str, float]]]:
-    """The paper's published rows from ``reports/baselines/paper_table2.csv`` (empty cells = NaN)."""
-    path = path or REPO_ROOT / "reports" / "baselines" / "paper_table2.csv"
-    if not path.is_file():
-        return []
-    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
-    out = []
-    for rec in csv.DictReader(lines):
-        name = rec.pop("system")
-        out.append((name, {k: float(v) if v.strip() else float("nan") for k, v in rec.items()}))
-    return out
+def paper_rows(name: str | None = None) -> list[tuple[str, dict[str, float]]]:
+    """``[(label, {column key: value})]`` of the paper's row shown beside ours (:func:`harness.paper.paper_row`:
+    the default system's row unless ``name``); the values cover all 14 columns of the paper's tables.
+
+    Raises:
+        ConfigError: an unknown row name ("did you mean …" and the list). MetadataError: a bad paper CSV.
+    """
+    from harness.paper import paper_row
+
+    row = paper_row(name)
+    return [(row.label, dict(row.values))]
+
+
+def paper_protocol_markdown(name: str | None = None) -> str:
+    """The paper's row beside ours, column by column: its value, its protocol as far as known, and the
+    aggregation of our cell (so a reader sees which cells are comparable); then the paper's columns that
+    have no cell of ours (MUSDB18 wSDR/wSDRi).
+
+    Raises:
+        see :func:`paper_rows`.
+    """
+    from harness.paper import PAPER_SOURCE, paper_row, protocol_table
+
+    row = paper_row(name)
+    ours = {key: how for key, _h, _d, _m, _p, how in table2()}
+    rows = [[r["header"], _fmt(r["value"]), r["unit"], r["protocol"], r["ours"] or "(no column of ours)", r["same"]]
+            for r in protocol_table(row, ours)]
+    return "\n".join([
+        f"Paper row `{row.name}` (Table {row.table}: {row.caption}; {PAPER_SOURCE}; choose another with "
+        "`uss-bench report --paper-row \"Table N: SYSTEM\"`, rows in reports/paper/):", "",
+        markdown_table(["column", "paper", "unit", "paper's protocol", "ours", "same protocol"], rows, "lrllll")])
 
 
 def _fmt(x: float, digits: int = 2) -> str:
@@ -358,19 +387,24 @@ class Report:
 
 
 def report_runs(runs: list[str | Path], out: str | Path | None = None, allow_different_sets: bool = False,
-                aggregate: str | None = None) -> Report:
+                aggregate: str | None = None, paper_row: str | None = None) -> Report:
     """Render one report of several runs (or folders of runs) side by side into ``out``.
 
     With one run and no ``out`` (or ``out`` the run itself) the run's own folder is re-rendered. Otherwise
     ``out`` receives the merged ``items.parquet`` and ``sources.json`` (the runs, their systems and set
-    digests), then the report files (:func:`render_report`).
+    digests), then the report files (:func:`render_report`). ``paper_row`` names the paper's row shown
+    beside ours (:func:`harness.paper.paper_row`; the default system's when ``None``).
 
     Raises:
-        UssBenchError: see :func:`merge_runs`; several runs without ``out``.
+        UssBenchError: see :func:`merge_runs`; several runs without ``out``; an unknown ``paper_row``
+            (checked before anything is written).
     """
+    from harness.paper import paper_row as _check_row
+
+    _check_row(paper_row)
     expanded = expand_runs(runs)
     if len(expanded) == 1 and (out is None or Path(out).resolve() == expanded[0].resolve()):
-        return render_report(expanded[0], aggregate)
+        return render_report(expanded[0], aggregate, paper_row)
     if out is None:
         raise UssBenchError(f"{len(expanded)} runs make one report: name its folder with --out DIR")
     from harness.datasets.store import atomic_write_parquet
@@ -380,12 +414,13 @@ def report_runs(runs: list[str | Path], out: str | Path | None = None, allow_dif
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_parquet(items, out / "items.parquet")
     atomic_write_text(out / SOURCES_JSON, json.dumps({"runs": [s.as_json() for s in sources]}, indent=2) + "\n")
-    return render_report(out, aggregate)
+    return render_report(out, aggregate, paper_row)
 
 
-def table2_markdown(items: pd.DataFrame, systems: list[str], aggregate: str | None = None
-                    ) -> tuple[str, dict[str, dict]]:
-    """The Table 2 section's table (ours with coverage markers, then the paper's rows) and its cells."""
+def table2_markdown(items: pd.DataFrame, systems: list[str], aggregate: str | None = None,
+                    paper_row: str | None = None) -> tuple[str, dict[str, dict]]:
+    """The Table 2 section's table (ours with coverage markers, then the paper's row ``paper_row``, all
+    12 cells) and its cells; ``aggregate`` replaces the columns' declared aggregations."""
     cols = table2()
     header = ["system", *[h for _, h, *_ in cols]]
     rows, cells = [], {}
@@ -395,7 +430,7 @@ def table2_markdown(items: pd.DataFrame, systems: list[str], aggregate: str | No
         own = [c for c in dict.fromkeys(sub["condition"]) if c not in ("average", "oracle", "none")]
         name = f"**{system}**" + (f" (query mode: {', '.join(own)})" if own else "")  # Table 2 names the mode
         rows.append([name, *[format_cell(cells[system][k]) for k, *_ in cols]])
-    for name, paper in paper_rows():
+    for name, paper in paper_rows(paper_row):
         rows.append([name, *[_fmt(paper.get(k, float("nan")), 2) for k, *_ in cols]])
     return markdown_table(header, rows), cells
 
@@ -449,7 +484,7 @@ CONVENTIONS = (
     "Numbers on the dev or demo corpora are not comparable with the paper's.")
 
 
-def render_report(run_dir: str | Path, aggregate: str | None = None) -> Report:
+def render_report(run_dir: str | Path, aggregate: str | None = None, paper_row: str | None = None) -> Report:
     """(Re-)render a report folder from its ``items.parquet``.
 
     ``aggregate`` (an aggregation name) replaces every column's declared aggregation; default: the one
@@ -459,11 +494,13 @@ def render_report(run_dir: str | Path, aggregate: str | None = None) -> Report:
     Writes ``summary.md`` (Table 2 with coverage markers, detail with CIs, item status), ``per_class.md``,
     the figures ``table2.png`` and ``per_class_<dataset>.png`` (:mod:`harness.figures`) and the
     self-contained ``report.html`` (:mod:`harness.report_html`; audio players when the runs saved
-    estimates under ``<run>/estimates/<dataset>/``). Every file is written atomically.
+    estimates under ``<run>/estimates/<dataset>/``). Every file is written atomically. ``paper_row``
+    names the paper's row shown beside ours (:func:`harness.paper.paper_row`; the default system's when
+    ``None``); ``summary.md`` shows its 12 Table 2 cells and, per column, its protocol beside ours.
 
     Raises:
         UssBenchError: ``run_dir`` has no readable ``items.parquet``; unreadable ``run.json`` /
-            ``sources.json``.
+            ``sources.json``; an unknown ``paper_row`` (ConfigError) or a bad paper CSV (MetadataError).
     """
     from harness import figures as F
     from harness.report_html import write_html
@@ -484,17 +521,18 @@ def render_report(run_dir: str | Path, aggregate: str | None = None) -> Report:
     if (run_dir / SOURCES_JSON).is_file():
         parts.append("Runs: " + "; ".join(f"`{s.label}` ({s.path})" for s in sources))
         parts.append("")
-    table2_md, cells = table2_markdown(items, systems, aggregate)
+    table2_md, cells = table2_markdown(items, systems, aggregate, paper_row)
     from harness.results import write_results
 
-    write_results(run_dir, items, aggregate)  # the same cells for machines
+    write_results(run_dir, items, aggregate, paper_row)  # the same cells for machines
     conventions = CONVENTIONS if aggregate is None else (
         f"Aggregation: every column is `{aggregate}` ({aggregations.aggregation(aggregate).description}), "
         "chosen with --aggregate, not the declared per-column conventions. " + CONVENTIONS)
     from harness.musdb_protocols import protocol_note
 
     musdb_note = protocol_note(run_dir, items)
-    parts += ["## Table 2 (paper layout)", "", table2_md, "", *([musdb_note, ""] if musdb_note else []), conventions, "",
+    parts += ["## Table 2 (paper layout)", "", table2_md, "", paper_protocol_markdown(paper_row), "",
+              *([musdb_note, ""] if musdb_note else []), conventions, "",
               "HTML report (tables, figures, audio): [report.html](report.html)", ""]
     parts += ["## Detail per dataset", ""]
     detail = [[r["system"], r["dataset"], r["condition"], r["metric"], str(r["ok"]), str(r["classes"]),
@@ -519,7 +557,7 @@ def render_report(run_dir: str | Path, aggregate: str | None = None) -> Report:
     colors = F.system_colors(systems)
     pngs: dict[str, bytes] = {}
     with F.figure_style():
-        paper = paper_rows()
+        paper = paper_rows(paper_row)
         present = set(items["dataset"])
         fig = F.table2_figure(cells, [(k, h) for k, h, d, *_ in table2() if d in present], paper[0][1] if paper else {},
                               colors,
@@ -545,7 +583,7 @@ def render_report(run_dir: str | Path, aggregate: str | None = None) -> Report:
     atomic_write_text(per_class, per_class_markdown(items))
     sections = {d: rollups.html(blocks, d) for d, blocks in rolled.items()}
     sections[snr_sweep.SECTION] = snr_sweep.sweep_html(sweep, pngs)
-    html = write_html(run_dir, items, sources, systems, cells, pngs, colors, sections)
+    html = write_html(run_dir, items, sources, systems, cells, pngs, colors, sections, paper_row=paper_row)
     return Report(summary=summary, per_class=per_class, figure=figure_paths[0] if pngs.get("table2.png") else None,
                   figures=figure_paths, html=html)
 
@@ -603,153 +641,6 @@ def load_items(run: str | Path) -> pd.DataFrame:
     return items
 
 
-@dataclass
-class Comparison:
-    """Per-aggregate deltas between two runs on their paired items."""
-
-    table: pd.DataFrame
-    """One row per (system, dataset, condition, metric): ``base``, ``candidate``, ``delta`` and ``note``
-    (``""``, ``"missing in candidate"``, ``"missing in base"``, ``"missing in both"``: the run has no such
-    metric column)."""
-    regressions: pd.DataFrame
-    unpaired: dict[str, int]
-    newly_failing: int
-    """Items ``ok`` in the baseline but not in the candidate (they count as a regression)."""
-    missing: int = 0
-    """Baseline rows without a row in the candidate (items or whole datasets lost): a regression unless
-    :attr:`allow_missing`."""
-    missing_datasets: list[str] = field(default_factory=list)
-    """Datasets of the baseline of which the candidate has no row at all."""
-    allow_missing: bool = False
-    """Rows missing from the candidate do not fail the comparison (``--allow-missing``)."""
-
-    @property
-    def failed(self) -> bool:
-        """Whether the comparison fails: a regression, an item that stopped scoring, or rows missing."""
-        return bool(len(self.regressions) or self.newly_failing or (self.missing and not self.allow_missing))
-
-
-def check_tolerance(tolerance_db: float) -> float:
-    """``tolerance_db`` as a float when it is finite and ≥ 0.
-
-    Raises:
-        UssBenchError: NaN (it would disable the gate: every comparison with NaN is false), ±inf or a
-            negative value.
-    """
-    tol = float(tolerance_db)
-    if not np.isfinite(tol) or tol < 0:
-        raise UssBenchError(f"--tolerance-db {tolerance_db}: the tolerance must be a finite number ≥ 0 "
-                            "(dB; MOS for PESQ), e.g. --tolerance-db 0.1")
-    return tol
-
-
-def _run_folder(run: str | Path) -> Path:
-    """The run folder of ``run`` (a folder, or its ``items.parquet``)."""
-    path = Path(run)
-    return path.parent if path.is_file() else path
-
-
-def check_same_sets(base: str | Path, cand: str | Path) -> None:
-    """Refuse two runs whose ``run.json`` record different build digests for a dataset.
-
-    A run's digests come from its ``run.json``, a report folder's from the runs its ``sources.json``
-    names; runs without either (a committed baseline of items only) record no digests and pass.
-
-    Raises:
-        UssBenchError: names the dataset and both digests.
-    """
-    da, db = _set_digests(base), _set_digests(cand)
-    differ = [d for d in sorted(set(da) & set(db)) if da[d] != db[d]]
-    if differ:
-        d = differ[0]
-        show = [", ".join(f"{v[:12]}…" for v in sorted(x[d])) for x in (da, db)]
-        raise UssBenchError(
-            f"{base} and {cand} evaluated {', '.join(differ)} on different sets (build digest of {d}: "
-            f"{show[0]} vs {show[1]}): their items do not pair. Evaluate both on one build, or pass "
-            "--allow-different-sets to compare them anyway")
-
-
-def _set_digests(run: str | Path) -> dict[str, set[str]]:
-    """``{dataset: build digests}`` of a run folder or report folder (:func:`run_sources`)."""
-    out: dict[str, set[str]] = {}
-    for src in run_sources(_run_folder(run)):
-        for dataset, digest in src.digests.items():
-            out.setdefault(dataset, set()).add(digest)
-    return out
-
-
-def _metric_note(metric: str, a: pd.DataFrame, b: pd.DataFrame) -> str:
-    where = [name for name, frame in (("base", a), ("candidate", b)) if metric not in frame.columns]
-    return "" if not where else "missing in both" if len(where) == 2 else f"missing in {where[0]}"
-
-
-def compare_runs(base: str | Path, cand: str | Path, tolerance_db: float = 0.1, two_sided: bool = False,
-                 allow_missing: bool = False, allow_different_sets: bool = False) -> Comparison:
-    """Pair rows by ``(dataset, condition, item_id)`` and compare each Table 2 aggregate.
-
-    Runs holding one system each are paired whatever the systems' names (a new checkpoint against an old
-    one). Runs holding several systems (e.g. the demo: baselines and the demo model) are paired per
-    system too, by ``(system, dataset, condition, item_id)``.
-
-    A regression is an aggregate of the candidate lower than the baseline's by more than
-    ``tolerance_db`` (applied as is to PESQ, in MOS); with ``two_sided`` any change beyond the tolerance
-    counts (a golden table, such as the demo's, must be refreshed deliberately, also when it improves).
-    Aggregates use the rows that are ``ok`` in both runs. A metric column that a run lacks gives NaN
-    (noted in ``table.note``); lost by the candidate while the baseline has values, it is a regression.
-    Baseline rows that the candidate lacks (items, whole datasets) make :attr:`Comparison.failed` true
-    unless ``allow_missing``.
-
-    Raises:
-        UssBenchError: unreadable inputs, no item in common, a tolerance that is not finite and ≥ 0,
-            duplicate keys, or (unless ``allow_different_sets``) runs on sets with different build digests.
-    """
-    tolerance_db = check_tolerance(tolerance_db)
-    a, b = load_items(base), load_items(cand)
-    if not allow_different_sets:
-        check_same_sets(base, cand)
-    heads = headline()
-    metrics = sorted({m for ms in heads.values() for m in ms} | {"sdri"})
-    notes = {m: _metric_note(m, a, b) for m in metrics}
-    a = a.assign(**{m: np.nan for m in metrics if m not in a.columns})
-    b = b.assign(**{m: np.nan for m in metrics if m not in b.columns})
-    multi = a["system"].nunique() > 1 or b["system"].nunique() > 1
-    key = (["system"] if multi else []) + ["dataset", "condition", "item_id"]
-    if a.duplicated(key).any() or b.duplicated(key).any():
-        raise UssBenchError(f"a run has duplicate ({', '.join(key)}) rows; cannot pair them")
-    if not multi:
-        b = b.assign(system=a["system"].iloc[0] if len(a) else "")
-    merged = a.merge(b, on=key, suffixes=("_base", "_cand"))
-    if not multi:
-        merged["system"] = merged["system_base"]
-    if merged.empty:
-        raise UssBenchError(f"{base} and {cand} have no item in common (pairs by {', '.join(key)})")
-    unpaired = {"base_only": len(a) - len(merged), "candidate_only": len(b) - len(merged)}
-    missing_datasets = sorted(set(a["dataset"]) - set(b["dataset"]))
-    for dataset in missing_datasets:
-        unpaired[f"{dataset}: in base, absent from candidate"] = int((a["dataset"] == dataset).sum())
-    both_ok = merged[(merged["status_base"] == "ok") & (merged["status_cand"] == "ok")]
-    rows = []
-    for (system, dataset, cond), sub in both_ok.groupby(["system", "dataset", "condition"], sort=False):
-        for metric in heads.get(dataset, ("sdri",)):
-            how = aggregate_kind(dataset, metric)
-            va = aggregate(sub[f"{metric}_base"], sub["label_base"], how, sub["item_id"])
-            vb = aggregate(sub[f"{metric}_cand"], sub["label_base"], how, sub["item_id"])
-            rows.append({"system": system, "dataset": dataset, "condition": cond, "metric": metric,
-                         "aggregate": how, "items": len(sub), "base": va, "candidate": vb, "delta": vb - va,
-                         "note": notes[metric]})
-    failing = (merged["status_base"] == "ok") & (merged["status_cand"] != "ok")
-    for dataset, n in merged[failing].groupby("dataset").size().items():
-        unpaired[f"{dataset}: ok in base, not scored in candidate"] = int(n)
-    table = pd.DataFrame(rows)
-    if len(table):
-        off = table["delta"].abs() > tolerance_db if two_sided else table["delta"] < -tolerance_db
-        regressions = table[off | ~np.isfinite(table["delta"]) & np.isfinite(table["base"])]
-    else:
-        regressions = table
-    return Comparison(table=table, regressions=regressions, unpaired=unpaired, newly_failing=int(failing.sum()),
-                      missing=unpaired["base_only"], missing_datasets=missing_datasets, allow_missing=allow_missing)
-
-
 def write_baseline(run: str | Path, baseline_dir: str | Path) -> Path:
     """Make ``run`` the new baseline: copy its ``items.parquet`` and write ``summary.md`` and
     ``aggregates.csv`` (one line per system, dataset, condition and Table 2 metric) into ``baseline_dir``.
@@ -776,3 +667,6 @@ def write_baseline(run: str | Path, baseline_dir: str | Path) -> Path:
     atomic_write_text(out / "aggregates.csv", "\n".join(lines) + "\n")
     render_report(out)
     return out
+
+
+

@@ -16,7 +16,8 @@ One record per (system, dataset, condition, metric) of the rows in ``items.parqu
   checkpoint sha256 (from the run's ``run.json``).
 
 The top level carries the provenance of the run(s): uss-bench version, git revision, host, device, start and
-end time. Written atomically by :func:`write_results` (called by the eval runner and by
+end time; and ``paper_row``, the paper's row shown beside ours (:mod:`harness.paper`: its name, table, caption,
+all 14 values and, per column, the paper's protocol as far as known). Written atomically by :func:`write_results` (called by the eval runner and by
 :func:`harness.reports.render_report`).
 """
 
@@ -102,12 +103,26 @@ def _run_jsons(run_dir: Path, items: pd.DataFrame) -> dict[str, dict]:
     return out
 
 
-def results(run_dir: str | Path, items: pd.DataFrame | None = None, aggregate_name: str | None = None
-            ) -> dict[str, Any]:
+def paper_record(name: str | None = None) -> dict[str, Any]:
+    """The ``paper_row`` record of ``results.json``: the paper's row ``name`` (default system's when ``None``).
+
+    Raises:
+        ConfigError: an unknown row. MetadataError: a bad paper CSV (:mod:`harness.paper`).
+    """
+    from harness.paper import PAPER_SOURCE, paper_row
+
+    row = paper_row(name)
+    return {"name": row.name, "table": row.table, "caption": row.caption, "system": row.system,
+            "source": PAPER_SOURCE, "values": dict(row.values),
+            "protocols": {k: row.protocol(k) for k in row.values}}
+
+
+def results(run_dir: str | Path, items: pd.DataFrame | None = None, aggregate_name: str | None = None,
+            paper_row: str | None = None) -> dict[str, Any]:
     """The ``results.json`` content of a run or report folder (see the module docstring); ``aggregate_name``
-    replaces every metric's declared aggregation (``report --aggregate``)."""
-    from harness.musdb_protocols import run_protocol
+    replaces every metric's declared aggregation (``report --aggregate``); ``paper_row``: :func:`paper_record`."""
     from harness.metric_registry import metric_spec, usable_mask
+    from harness.musdb_protocols import run_protocol
     from harness.reports import aggregate, aggregate_kind, cell_condition, load_items, table2, table2_cells
 
     run_dir = Path(run_dir)
@@ -148,11 +163,15 @@ def results(run_dir: str | Path, items: pd.DataFrame | None = None, aggregate_na
                    "git_revision": r.get("git_revision"), "host": r.get("host"),
                    "device": r.get("device") or r.get("options", {}).get("extra", {}).get("device"),
                    "started_at": r.get("started_at"), "finished_at": r.get("finished_at")} for s, r in runs.items()]
-    return {"schema": SCHEMA, "uss_bench_version": harness.__version__, "runs": provenance, "results": records}
+    return {"schema": SCHEMA, "uss_bench_version": harness.__version__, "runs": provenance, "results": records,
+            "paper_row": paper_record(paper_row)}
 
 
-def write_results(run_dir: str | Path, items: pd.DataFrame | None = None, aggregate: str | None = None) -> Path:
-    """Write ``<run_dir>/results.json`` atomically; returns its path (``aggregate``: see :func:`results`)."""
+def write_results(run_dir: str | Path, items: pd.DataFrame | None = None, aggregate: str | None = None,
+                  paper_row: str | None = None) -> Path:
+    """Write ``<run_dir>/results.json`` atomically; returns its path (``aggregate``, ``paper_row``: see
+    :func:`results`)."""
     path = Path(run_dir) / "results.json"
-    atomic_write_text(path, json.dumps(results(run_dir, items, aggregate), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(results(run_dir, items, aggregate, paper_row), indent=2, allow_nan=False)
+                      + "\n")
     return path

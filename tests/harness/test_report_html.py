@@ -191,7 +191,7 @@ def test_report_html_is_self_contained_and_plays_the_best_and_worst_items(runs, 
 def test_a_run_without_estimates_has_no_players(runs, tmp_path):
     shutil.copytree(runs["irm-seed7"], tmp_path / "run")
     page = _parse(render_report(tmp_path / "run").html.read_text())
-    assert page.audio == [] and len(page.tables) == 3  # Table 2, FSDK detail, item status
+    assert page.audio == [] and len(page.tables) == 4  # Table 2, paper row protocols, FSDK detail, item status
 
 
 def _chromium() -> str | None:
