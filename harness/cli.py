@@ -294,6 +294,13 @@ def eval_cmd(
              "all")] = "none",
     shots: Annotated[int, typer.Option(min=1, help="example clips per class for a system in query mode "
                                                    "audio-shots, drawn from the query split by the dataset's seed")] = 3,
+    query_protocol: Annotated[str, typer.Option(
+        help="present: the paper's protocol | absent: also query every item for a class in neither its target's "
+             "nor its interferer's labels, scored by residual_db and false_activation")] = "present",
+    query_modes: Annotated[str | None, typer.Option(
+        help="comma-separated query modes to evaluate the same items under, e.g. "
+             "oracle,average,audio-shots:1,audio-shots:5,label (audio-shots:K: K example clips per class); the "
+             "report adds a modes x datasets table with paired differences to oracle [the system's own]")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a system (a baseline, a checkpoint, any plug-in); write items.parquet, summary.md and run.json.
@@ -309,8 +316,19 @@ def eval_cmd(
     from harness.systems import resolve_spec
 
     check_choice("--save-estimates", save_estimates, SAVE_CHOICES)
+    from harness.query_protocols import PROTOCOLS, parse_query_modes
+
+    check_choice("--query-protocol", query_protocol, PROTOCOLS)
+    modes = parse_query_modes(query_modes, shots)
     spec_name, sys_args = _system_choice(system_name, system_arg or [], baseline, checkpoint, condition)
     spec = resolve_spec(spec_name)  # before the sets are looked up: a misspelt name fails first
+    if modes:  # a mode the system does not declare fails before any work
+        from harness.query_protocols import base_mode
+
+        missing = [m for m in modes if base_mode(m) not in spec.query_modes]
+        if missing:
+            raise ConfigError(f"--query-modes {','.join(missing)}: system {spec.name!r} has query modes "
+                              f"{', '.join(spec.query_modes)} only")
     _fixed_batch_size(batch_size)  # a bad --batch-size fails before any work
     wd = _workdir(workdir)
     if out is not None:
@@ -334,6 +352,7 @@ def eval_cmd(
         opts = EvalOptions(datasets=names, workdir=wd, out=run_dir, split=split, batch_size=batch_size, jobs=jobs,
                            limit=limit, resume=resume, executor=executor, scheduler=scheduler,
                            part_items=part_items, break_lock=break_lock, save_estimates=save_estimates, shots=shots,
+                           query_protocol=query_protocol, query_modes=modes,
                            extra={"device": ranks.device(device), **({"condition": condition} if condition else {})})
         opts.check()
         with _progress(quiet or not ranks.is_main) as update:

@@ -93,6 +93,7 @@ from harness.datasets.store import (
 from harness.errors import ConfigError, UssBenchError, check_choice
 from harness.parallel import Ranks
 from harness.queries import Query, ShotBank, display_name
+from harness.query_protocols import ABSENT, wrap_system
 from harness.scoring import METRIC_COLUMNS, score_packed, score_task, unscored
 from harness.scoring import score as score  # public here too: harness.evaluate.score
 from harness.scoring import score_batch as score_batch
@@ -106,10 +107,14 @@ from harness.tempfiles import remove_stale_temps
 log = logging.getLogger(__name__)
 
 ITEM_COLUMNS = ("system", "dataset", "split", "condition", "item_id", "class_id", "label", *METRIC_COLUMNS,
-                "status", "status_detail", "seconds", "checkpoint_sha256", "harness_version", "git_revision")
+                "status", "status_detail", "seconds", "checkpoint_sha256", "harness_version", "git_revision",
+                "query_label")
+"""``query_label``: the class queried when it is not the row's ``label`` (absent-query rows,
+:mod:`harness.query_protocols`), else null."""
 
-OPTIONAL_PART_COLUMNS = ("status_detail",)
-"""Columns of :data:`ITEM_COLUMNS` that parts written before they existed may lack (filled with ``""``)."""
+OPTIONAL_PART_COLUMNS = ("status_detail", "residual_db", "false_activation", "query_label")
+"""Columns of :data:`ITEM_COLUMNS` that parts written before they existed may lack (filled with ``""``
+(``status_detail``), NaN or null)."""
 
 PART_ITEMS = 256
 """Default rows per part file (``--part-items``): the most work a killed run loses, in items."""
@@ -157,6 +162,10 @@ class EvalOptions:
     save_estimates: str = "none"
     shots: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
+    query_protocol: str = "present"
+    """``present`` (the paper's protocol) or ``absent`` (adds the absent-query rows, :mod:`harness.query_protocols`)."""
+    query_modes: list[str] | None = None
+    """``eval --query-modes``: the query-mode conditions to run instead of the system's own (``None``: its own)."""
     break_lock: bool = False
     """Remove a stale ``<out>/eval.lock`` of a killed run first (:mod:`harness.runlock`)."""
 
@@ -187,10 +196,11 @@ def _rows(system: System, evalset: EvalSet, items: pd.DataFrame, condition: str,
           scored: list[dict[str, Any]], per_item: float, common: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     columns = (items["item_id"].tolist(), items["class_id"].tolist(), items["label"].tolist(), scored)
+    asked = system.absent_labels(evalset.dataset) if condition == ABSENT else {}
     for item_id, class_id, label, m in zip(*columns, strict=True):
         rows.append({"system": system.name, "dataset": evalset.dataset, "split": evalset.split,
                      "condition": condition, "item_id": item_id, "class_id": int(class_id),
-                     "label": label, **m, "seconds": per_item, **common})
+                     "label": label, **m, "seconds": per_item, **common, "query_label": asked.get(item_id)})
     return rows
 
 
@@ -644,6 +654,7 @@ def _pipeline(system: System, evalset: EvalSet, manifest: pd.DataFrame, cfg: dic
         skip.update({i: "no_query" for i, label in zip(planned["item_id"], planned["label"], strict=True)
                      if not shots.groups.get(label) and i not in skip})
     group_size = pool.jobs if evalset.virtual else 1
+    score_cfg = {**cfg, "query_protocol": ABSENT} if condition == ABSENT else cfg  # scored against the mixture
     # the target at the system's rate only where the system may see it (is_oracle, or the oracle query)
     reader = _prefetch(_read_units(evalset, manifest, cfg, plan, skip, int(system.sample_rate),
                                    system.is_oracle or condition == "oracle"),
@@ -670,7 +681,7 @@ def _pipeline(system: System, evalset: EvalSet, manifest: pd.DataFrame, cfg: dic
                 if save is not None and unit.est is not None:
                     save(unit.items["item_id"].to_numpy()[[s is None for s in unit.scored]].tolist(), unit.est)
             n_tasks = pool.jobs if len(group) == 1 else 1
-            tasks = [_tasks(unit, cfg, n_tasks) for unit in group]
+            tasks = [_tasks(unit, score_cfg, n_tasks) for unit in group]
             for unit in group:  # the audio now lives in the tasks only
                 unit.mix = unit.ref = unit.est = unit.est_row = unit.sys_mix = unit.sys_ref = None
             if pending is not None:
@@ -768,6 +779,9 @@ def merge_parts(out: str | Path, evalset: EvalSet, conditions: Sequence[str], li
     _check_part_frames(paths, frames, evalset.dataset)
     source = np.repeat(np.arange(len(frames)), [len(f) for f in frames]).astype(np.int64)
     df = pd.concat(frames, ignore_index=True) if frames else items_frame([])
+    for c in OPTIONAL_PART_COLUMNS[1:]:  # parts written before these columns existed
+        if c not in df.columns:
+            df[c] = np.nan if c in METRIC_COLUMNS else None
     del frames  # memory: one copy of the rows at a time (peak RSS must not grow with the items, issue 5)
     # Each row's key (condition position × items + manifest position) through two hash lookups, then
     # np.unique: it drops the rows outside this run, keeps the first row of each key in part order
@@ -822,6 +836,7 @@ def check_modes(system: System, dataset: str) -> None:
     """Raise ConfigError when a condition of ``system`` on ``dataset`` is not one of its query modes, or is
     ``average`` without average embeddings (after ``prepare``): a mode never yields NaN cells silently."""
     for c in system.conditions(dataset):
+        c = system.query_mode(c, dataset)
         check_choice(f"condition of system {system.name!r}", c, system.query_modes)
         if c == "average" and system.average_embeddings(dataset) is None:
             raise ConfigError(f"system {system.name!r} runs query mode 'average' on {dataset} but has no average "
@@ -882,6 +897,7 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
     common = {"checkpoint_sha256": system.checkpoint_sha256, "harness_version": harness.__version__,
               "git_revision": git_revision()}
     sets = [open_set(opts.workdir, d, opts.split) for d in opts.datasets]
+    system = wrap_system(system, opts, sets)  # --query-protocol absent / --query-modes: their conditions
     for evalset in sets:  # fail before any work when, e.g., a query set is missing
         system.prepare(evalset.dataset)
         check_modes(system, evalset.dataset)
@@ -962,6 +978,8 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
         "started_at": started_at,
         "finished_at": _now(),
     }
+    if hasattr(system, "record"):  # a protocol run: the absent draws and the shots (file lists, digests)
+        run["query_protocols"] = system.record()
     atomic_write_text(out / "run.json", json.dumps(run, indent=2, default=str) + "\n")
     from harness.results import write_results
 

@@ -16,8 +16,11 @@ import numpy as np
 from harness import metrics, parallel
 from harness.audio import resample
 
-METRIC_COLUMNS = ("sdr", "sdri", "si_sdr", "si_sdri", "musdb_sdr", "musdb_sdri", "pesq", "ssnr")
-"""Metric columns of ``items.parquet`` (dB, except PESQ in MOS-LQO); NaN where a metric does not apply."""
+METRIC_COLUMNS = ("sdr", "sdri", "si_sdr", "si_sdri", "musdb_sdr", "musdb_sdri", "pesq", "ssnr",
+                  "residual_db", "false_activation")
+"""Metric columns of ``items.parquet`` (dB, except PESQ in MOS-LQO and the 0/1 ``false_activation``); NaN
+where a metric does not apply (``residual_db`` / ``false_activation``: absent-query rows only,
+:mod:`harness.query_protocols`)."""
 
 
 def score(ref: np.ndarray, est: np.ndarray, mix: np.ndarray, dataset_cfg: dict) -> dict[str, Any]:
@@ -93,6 +96,10 @@ def score_batch(refs: Sequence[np.ndarray] | np.ndarray, ests: Sequence[np.ndarr
     n = len(refs)
     if len(ests) != n or len(mixes) != n:
         raise ValueError(f"score_batch: {n} refs, {len(ests)} ests and {len(mixes)} mixes; need one of each per item")
+    if dataset_cfg.get("query_protocol") == "absent":  # absent-query rows: the output against the mixture only
+        from harness.query_protocols import score_absent
+
+        return score_absent(ests, mixes)
     out = [unscored("ok") for _ in range(n)]
     ok = []
     for i in range(n):
