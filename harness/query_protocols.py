@@ -473,17 +473,10 @@ def absent_per_class(items: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _median(v: np.ndarray) -> float:
-    """Median that keeps ``-inf`` (``np.median`` of ``[-inf, -inf]`` is ``-inf``; of ``[-inf, 3]`` it is
-    ``-inf + 3`` halves = ``-inf``); NaN for none."""
+    """``np.median`` of the non-NaN values, ``-inf`` kept (the mean of two middle values ``-inf`` and ``x`` is
+    ``-inf``); NaN for none."""
     v = v[~np.isnan(v)]
-    if not len(v):
-        return float("nan")
-    s = np.sort(v)
-    n = len(s)
-    if n % 2:
-        return float(s[n // 2])
-    a, b = s[n // 2 - 1], s[n // 2]
-    return float(a) if a == b or np.isinf(a) else float((a + b) / 2)
+    return float(np.median(v)) if len(v) else float("nan")
 
 
 def paired_difference(a: pd.DataFrame, b: pd.DataFrame, metric: str, how: str,
@@ -613,8 +606,9 @@ def report_markdown(items: pd.DataFrame) -> str:
     matrix = modes_matrix(items)
     if matrix:
         parts += ["## Query-modality matrix", "",
-                  "The same items under each query mode (`eval --query-modes`); Δ is the paired difference to "
-                  f"mode `oracle` with its 95 % paired bootstrap CI ({PAIRED_RESAMPLES} resamples, seed "
+                  "The same items under each query mode (`eval --query-modes`): the Table 2 aggregate "
+                  "(`(ok/rows)` when computed on part of the rows); Δ is the paired difference to mode `oracle` "
+                  "on the items ok in both, with its 95 % paired bootstrap CI ({PAIRED_RESAMPLES} resamples, seed "
                   f"{PAIRED_SEED}).", ""]
         for system in dict.fromkeys(r["system"] for r in matrix):
             recs = [r for r in matrix if r["system"] == system]
@@ -628,11 +622,14 @@ def report_markdown(items: pd.DataFrame) -> str:
                     r = cell.get((c, d))
                     if r is None:
                         row.append("—")
-                    elif c == "oracle":
-                        row.append(_db(r["value"]))
                     else:
-                        lo, hi = r["delta_ci95"]
-                        row.append(f"{_db(r['value'])} (Δ {_db(r['delta_vs_oracle'])} [{_db(lo)}, {_db(hi)}])")
+                        text = _db(r["value"]) + (f" ({r['items_ok']}/{r['rows']})" if r["items_ok"] < r["rows"]
+                                                  else "")
+                        if c != "oracle":
+                            lo, hi = r["delta_ci95"]
+                            text += (f"; Δ {_db(r['delta_vs_oracle'])} [{_db(lo)}, {_db(hi)}], "
+                                     f"{r['paired_items']} paired")
+                        row.append(text)
                 rows.append(row)
             metrics = ", ".join(f"{d}: {cell[(conds[0], d)]['metric'] if (conds[0], d) in cell else '?'}"
                                 for d in datasets)
