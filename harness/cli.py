@@ -564,6 +564,51 @@ def separate(
         console.print(f"  {p.relative_to(out)}")
 
 
+@app.command("eval-hierarchical")
+def eval_hierarchical_cmd(
+    checkpoint: Annotated[Path, typer.Option(help="an at_soft separator checkpoint (separate --levels)")],
+    out: Annotated[Path, typer.Option(help="output folder: hierarchical.parquet, hierarchical.md, hierarchical.json")],
+    levels: Annotated[list[int] | None, typer.Option("--levels", help="AudioSet ontology levels [1 2 3]")] = None,
+    workdir: WorkdirOpt = None,
+    split: str = "test",
+    limit: Annotated[int | None, typer.Option(min=1, help="first N items of the set [all]")] = None,
+    device: Annotated[str, _device_opt()] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="2-s chunks per separator batch")] = 8,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score `separate --levels` on the built AudioSet set: class-aware SDRi (DCASE 2025 Task 4) with detection
+    precision and recall per ontology level."""
+    import json
+
+    from harness.datasets.store import atomic_write_parquet, atomic_write_text, check_output_folder, open_set
+    from harness.models import load_separator_and_query_net
+    from harness.ontology import require_at_soft
+    from harness.query_protocols import (
+        hierarchical_markdown,
+        hierarchical_summary,
+        json_ready,
+        score_hierarchical,
+    )
+
+    check_output_folder(out, "--out")
+    evalset = open_set(_workdir(workdir), "audioset", split)
+    _inference_start()
+    separator, query_net = load_separator_and_query_net(checkpoint, device)
+    require_at_soft(separator)
+    with _progress(quiet) as update:
+        df = score_hierarchical(separator, query_net, evalset, levels=tuple(levels or (1, 2, 3)), limit=limit,
+                                batch_size=batch_size, progress=lambda d, t: update("hierarchical", d, t))
+    summary = hierarchical_summary(df)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_parquet(df, out / "hierarchical.parquet")
+    atomic_write_text(out / "hierarchical.json", json.dumps(
+        {"checkpoint": str(checkpoint), "build_digest": evalset.build["digest"], "levels": json_ready(summary)},
+        indent=2, allow_nan=False) + "\n")
+    text = hierarchical_markdown(summary, f"{checkpoint.name} on audioset/{split}")
+    atomic_write_text(out / "hierarchical.md", text)
+    console.print(text, markup=False, highlight=False)
+
+
 def _check_finite_weights(checkpoint: Path, models: dict) -> None:
     """Refuse a checkpoint with NaN/inf weights before separating (its output would be all NaN).
 

@@ -439,6 +439,11 @@ def _num(x: float) -> float | str | None:
     return float(x)
 
 
+def json_ready(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records with their float values as JSON allows them (:func:`_num`: NaN → null, ±inf → ``"±inf"``)."""
+    return [{k: _num(v) if isinstance(v, float) else v for k, v in r.items()} for r in records]
+
+
 def absent_summary(items: pd.DataFrame) -> list[dict[str, Any]]:
     """Per system and dataset, over the ``ok`` absent rows: items, median ``residual_db`` (``-inf`` kept: the
     median of values some of which are ``-inf``, by sorting) and the false-activation rate.
@@ -644,3 +649,145 @@ def paper_rows(items: pd.DataFrame) -> pd.DataFrame:
     if "condition" not in items.columns:
         return items
     return items[items["condition"] != ABSENT]
+
+
+# -- hierarchical separation scored (issue 12 item 5) -----------------------------------------------
+
+
+def level_references(ontology, level: int, sources: Sequence[tuple[int, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The true nodes of one ontology level and their reference signals.
+
+    A node of ``level`` is true when the class of at least one source is in its subtree
+    (:meth:`harness.ontology.Ontology.class_ids`); its reference is the sum of those sources (two sources
+    under one node: their sum, the mixture). Ours: each source counts for the one class the set gives it
+    (the item's ``label`` for the target, ``interferer_label`` for the interferer), not for every label
+    its clip carries.
+
+    Args:
+        ontology: :class:`harness.ontology.Ontology`; level: 1 = the root nodes.
+        sources: ``(527-class index, float32 (L,) waveform)`` per source.
+
+    Returns:
+        ``{node id: float32 (L,) reference}`` in :meth:`Ontology.level_nodes` order.
+    """
+    out: dict[str, np.ndarray] = {}
+    for node in ontology.level_nodes(level):
+        ids = set(ontology.class_ids(node.id))
+        under = [w for k, w in sources if int(k) in ids]
+        if under:
+            out[node.id] = np.sum(under, axis=0, dtype=np.float64).astype(np.float32) if len(under) > 1 \
+                else np.asarray(under[0], np.float32)
+    return out
+
+
+def class_aware_sdri(refs: dict[str, np.ndarray], ests: dict[str, np.ndarray], mix: np.ndarray) -> dict[str, Any]:
+    """Class-aware SDRi of one mixture (DCASE 2025 Task 4, CA-SDRi) with the detection counts.
+
+    ``CA-SDRi = 1/|C ∪ Ĉ| Σ_{k ∈ C ∪ Ĉ} P_k`` with ``C`` the true classes (keys of ``refs``), ``Ĉ`` the
+    detected ones (keys of ``ests``), ``P_k = SDR(s_k, ŝ_k) − SDR(s_k, x)`` for ``k ∈ C ∩ Ĉ`` and
+    ``P_k = 0`` for a missed class or a false detection (Nguyen et al., *Description and discussion on
+    DCASE 2025 Challenge Task 4*, 2025). SDR is the paper's (:func:`harness.metrics.sdr`, dB).
+
+    Args:
+        refs: ``{class: float32 (L,) reference}``; ests: ``{class: float32 (L,) estimate}``; mix: ``(L,)``.
+
+    Returns:
+        ``{"ca_sdri", "tp", "fp", "fn", "precision", "recall", "sdri": {class: P_k of the matched}}``;
+        ``ca_sdri`` NaN when both sets are empty, precision NaN with no detection, recall NaN with no
+        true class.
+    """
+    from harness import metrics
+
+    true, found = set(refs), set(ests)
+    matched = sorted(true & found)
+    sdri = {k: float(metrics.sdr(refs[k], ests[k]) - metrics.sdr(refs[k], mix)) for k in matched}
+    union = true | found
+    return {"ca_sdri": sum(sdri.values()) / len(union) if union else float("nan"),
+            "tp": len(matched), "fp": len(found - true), "fn": len(true - found),
+            "precision": len(matched) / len(found) if found else float("nan"),
+            "recall": len(matched) / len(true) if true else float("nan"), "sdri": sdri}
+
+
+HIERARCHICAL_COLUMNS = ("item_id", "label", "interferer_label", "level", "true_nodes", "detected_nodes", "tp", "fp",
+                        "fn", "ca_sdri", "precision", "recall", "status")
+"""Columns of ``hierarchical.parquet``: one row per item and level (node lists joined by ``;``)."""
+
+
+def score_hierarchical(separator, query_net, evalset, levels: Sequence[int] = (1, 2, 3), limit: int | None = None,
+                       batch_size: int = 8, ontology=None,
+                       progress=None) -> pd.DataFrame:
+    """``separate --levels`` scored on a built AudioSet set: per item and level, CA-SDRi, precision, recall.
+
+    Each item's mixture goes through :func:`harness.ontology.separate_hierarchical`; the detected nodes of
+    a level are its tracks on that level, the true nodes those of :func:`level_references` with the target
+    (``label``) and the interferer (``mixture − target``, ``interferer_label``) as sources.
+
+    Args:
+        separator, query_net: an at_soft separator and its query net (:func:`harness.models.load_separator_and_query_net`).
+        evalset: the opened AudioSet set (:func:`harness.datasets.store.open_set`).
+        levels: ontology levels; limit: the first ``limit`` items.
+
+    Returns:
+        a frame of :data:`HIERARCHICAL_COLUMNS`; an item whose class is not one of the 527 is a row of status
+        ``unknown_class`` per level.
+
+    Raises:
+        ConfigError: the set is not AudioSet, the separator is not at_soft, a level out of range.
+    """
+    from harness.ontology import Ontology, separate_hierarchical
+
+    if evalset.dataset != "audioset":
+        raise ConfigError(f"hierarchical separation is scored on the AudioSet set (its classes are ontology "
+                          f"nodes), not {evalset.dataset}")
+    ontology = ontology or Ontology.load()
+    index = {name: i for i, name in enumerate(ontology.class_names)}
+    manifest = evalset.manifest.iloc[:limit] if limit else evalset.manifest
+    rows = []
+    for pos in range(len(manifest)):
+        item = manifest.iloc[pos]
+        mix, ref = (a[0] for a in evalset.read_rows(np.array([pos])))
+        base = {"item_id": item["item_id"], "label": item["label"], "interferer_label": item["interferer_label"]}
+        if item["label"] not in index or item["interferer_label"] not in index:
+            rows += [{**base, "level": int(lv), "status": "unknown_class"} for lv in levels]
+            continue
+        sources = [(index[item["label"]], ref), (index[item["interferer_label"]], (mix - ref).astype(np.float32))]
+        tracks = separate_hierarchical(separator, query_net, mix, levels=tuple(levels), batch_size=batch_size,
+                                       ontology=ontology)
+        for lv in levels:
+            refs = level_references(ontology, int(lv), sources)
+            ests = {t.node_id: t.waveform for t in tracks if t.level == int(lv)}
+            s = class_aware_sdri(refs, ests, mix)
+            rows.append({**base, "level": int(lv), "true_nodes": ";".join(ontology.name(k) for k in refs),
+                         "detected_nodes": ";".join(ontology.name(k) for k in ests),
+                         **{k: s[k] for k in ("tp", "fp", "fn", "ca_sdri", "precision", "recall")}, "status": "ok"})
+        if progress:
+            progress(pos + 1, len(manifest))
+    df = pd.DataFrame.from_records(rows, columns=list(HIERARCHICAL_COLUMNS))
+    for c in ("ca_sdri", "precision", "recall"):
+        df[c] = df[c].astype("float64")
+    return df
+
+
+def hierarchical_summary(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per level over the ``ok`` rows: items, mean CA-SDRi (dB; the DCASE average over mixtures) and the
+    pooled (micro) detection precision ``Σtp / (Σtp + Σfp)`` and recall ``Σtp / (Σtp + Σfn)``."""
+    out = []
+    for level, sub in df[df["status"] == "ok"].groupby("level", sort=True):
+        tp, fp, fn = (int(sub[c].sum()) for c in ("tp", "fp", "fn"))
+        out.append({"level": int(level), "items": len(sub), "ca_sdri": float(sub["ca_sdri"].mean()),
+                    "precision": tp / (tp + fp) if tp + fp else float("nan"),
+                    "recall": tp / (tp + fn) if tp + fn else float("nan"), "tp": tp, "fp": fp, "fn": fn})
+    return out
+
+
+def hierarchical_markdown(summary: list[dict[str, Any]], title: str) -> str:
+    """The ``hierarchical.md`` table: level, items, CA-SDRi, precision, recall."""
+    from harness.reports import markdown_table
+
+    rows = [[str(r["level"]), str(r["items"]), _db(r["ca_sdri"]), _pct(r["precision"]), _pct(r["recall"])]
+            for r in summary]
+    return "\n".join([f"# Hierarchical separation scored: {title}", "",
+                      "Class-aware SDRi (DCASE 2025 Task 4): mean over items of Σ P_k / |C ∪ Ĉ| per ontology level, "
+                      "P_k the SDRi of a detected true node, 0 dB for a missed node or a false detection; "
+                      "precision and recall of the detected nodes, pooled over items.", "",
+                      markdown_table(["level", "items", "CA-SDRi (dB)", "precision", "recall"], rows), ""])
