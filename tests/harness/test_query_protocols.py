@@ -181,6 +181,18 @@ def test_unsupported_mode_is_a_usage_error(workdir, tmp_path):
     assert "has query modes none only" in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
 
 
+def test_cli_absent_protocol_end_to_end(workdir, tmp_path):
+    script = Path(sys.executable).with_name("uss-bench")
+    out = tmp_path / "cli"
+    proc = subprocess.run([str(script), "eval", "fsd50k", "--baseline", "mixture", "--query-protocol", "absent",
+                           "--workdir", str(workdir), "--out", str(out), "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "| baseline:mixture | fsd50k | 25/25 | 0.00 | 100 % |" in (out / "summary.md").read_text()
+    bad = subprocess.run([str(script), "eval", "fsd50k", "--baseline", "mixture", "--query-protocol", "absnt",
+                          "--workdir", str(workdir), "--out", str(out)], capture_output=True, text=True)
+    assert bad.returncode == EXIT_USAGE and "absent" in bad.stderr + bad.stdout
+
+
 # -- the demo model: absent residuals per dataset and the modes matrix --------------------------------
 
 
