@@ -25,7 +25,7 @@ Both are put in front of a system by :func:`wrap_system` (a :class:`ProtocolSyst
 conditions); the paper protocol (no option given) runs the system itself, unchanged.
 
 Which query an absent class gets, per query mode: ``average`` its eq. 9 embedding, ``label`` / ``text`` its
-id / display name, ``audio-shots`` its example clips, ``oracle`` (a system with no other mode) one example
+id / display name, ``audio-shots`` one example clip of it (``audio-shots:1``'s), ``oracle`` (a system with no other mode) one example
 clip of it from the query split as the query source (the true "target" of an absent class is silence,
 which has no meaningful embedding); an oracle *system* (``is_oracle``, e.g. the IRM) receives an all-zero
 target, the absent class's true source. Modes ``none``: the query is ignored (the mixture baseline).
@@ -250,6 +250,7 @@ class ProtocolSystem:
         self._banks: dict[tuple[str, int], Any] = {}
         self._absent: dict[str, dict[str, str | None]] = {}
         self._absent_info: dict[str, dict[str, Any]] = {}
+        self._vocab: dict[str, list[str]] = {}
 
     # attributes of the wrapped system (name, sample_rate, is_oracle, checkpoint_sha256, separator...)
     def __getattr__(self, name: str) -> Any:
@@ -298,12 +299,17 @@ class ProtocolSystem:
                                         seed=self.seeds[dataset])
         return self._banks[key]
 
-    def _candidates(self, dataset: str) -> list[str]:
-        """Classes the system has a query for in the absent mode, in vocabulary order."""
+    def vocabulary(self, dataset: str) -> list[str]:
+        """The set's class vocabulary (read once)."""
         from harness.datasets import get_corpus
 
-        evalset = self.sets[dataset]
-        vocab = get_corpus(dataset, evalset.corpus_root).vocabulary()
+        if dataset not in self._vocab:
+            self._vocab[dataset] = list(get_corpus(dataset, self.sets[dataset].corpus_root).vocabulary())
+        return self._vocab[dataset]
+
+    def _candidates(self, dataset: str) -> list[str]:
+        """Classes the system has a query for in the absent mode, in vocabulary order."""
+        vocab = self.vocabulary(dataset)
         mode = self.absent_mode(dataset)
         if mode == "average":
             have = set(self.inner.average_embeddings(dataset) or {})
@@ -365,10 +371,8 @@ class ProtocolSystem:
             return self._call(mixture, target, items, "audio-shots", queries)
         if condition != ABSENT:
             return self._call(mixture, target, items, condition, queries)
-        from harness.datasets import get_corpus
-
         mode = self.absent_mode(dataset)
-        vocab = get_corpus(dataset, self.sets[dataset].corpus_root).vocabulary()
+        vocab = self.vocabulary(dataset)
         chosen = self.absent_labels(dataset)
         labels = [chosen[str(i)] for i in items["item_id"]]
         ids = [vocab.index(label) for label in labels]
@@ -404,9 +408,7 @@ class ProtocolSystem:
                 "absent": dict(self._absent_info), "shots": shots}
 
     def _class_id(self, dataset: str, label: str) -> int:
-        from harness.datasets import get_corpus
-
-        return get_corpus(dataset, self.sets[dataset].corpus_root).vocabulary().index(label)
+        return self.vocabulary(dataset).index(label)
 
 
 def wrap_system(system, opts, sets: Sequence[Any]):
