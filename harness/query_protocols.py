@@ -615,7 +615,7 @@ def report_markdown(items: pd.DataFrame) -> str:
         parts += ["## Query-modality matrix", "",
                   "The same items under each query mode (`eval --query-modes`): the Table 2 aggregate "
                   "(`(ok/rows)` when computed on part of the rows); Δ is the paired difference to mode `oracle` "
-                  "on the items ok in both, with its 95 % paired bootstrap CI ({PAIRED_RESAMPLES} resamples, seed "
+                  f"on the items ok in both, with its 95 % paired bootstrap CI ({PAIRED_RESAMPLES} resamples, seed "
                   f"{PAIRED_SEED}).", ""]
         for system in dict.fromkeys(r["system"] for r in matrix):
             recs = [r for r in matrix if r["system"] == system]
