@@ -90,10 +90,16 @@ class Identity(nn.Module):
         return mixture
 
 
-@pytest.mark.slow
-def test_dev_set_run(dev_data, tmp_path, onto):
-    wd = tmp_path / "work"
+@pytest.fixture(scope="module")
+def audioset_wd(dev_data, tmp_path_factory):
+    wd = tmp_path_factory.mktemp("work")
     build_mixtures(dev_data / "audioset", wd, BuildOptions("audioset", per_class=1, jobs=1))
+    return wd
+
+
+@pytest.mark.slow
+def test_dev_set_run(dev_data, audioset_wd, tmp_path, onto):
+    wd = audioset_wd
     evalset = open_set(wd, "audioset", "test")
     speech = onto.class_names.index("Speech")
     df = score_hierarchical(Identity(), EnergyTagger([speech]), evalset, levels=(1, 2), limit=6, ontology=onto)
@@ -114,3 +120,26 @@ def test_dev_set_run(dev_data, tmp_path, onto):
     build_mixtures(dev_data / "fsd50k", fsd, BuildOptions("fsd50k", per_class=1, jobs=1))
     with pytest.raises(ConfigError):
         score_hierarchical(Identity(), EnergyTagger([speech]), open_set(fsd, "fsd50k", "test"))
+
+
+@pytest.mark.slow
+def test_eval_hierarchical_command(audioset_wd, tmp_path, onto, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    import harness.models
+    from harness.cli import app
+
+    speech = onto.class_names.index("Speech")
+    monkeypatch.setattr(harness.models, "load_separator_and_query_net",
+                        lambda checkpoint, device: (Identity(), EnergyTagger([speech])))
+    out = tmp_path / "h"
+    r = CliRunner().invoke(app, ["eval-hierarchical", "--checkpoint", str(tmp_path / "fake.ckpt"), "--out", str(out),
+                                 "--workdir", str(audioset_wd), "--limit", "4", "--levels", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    df = pd.read_parquet(out / "hierarchical.parquet")
+    assert len(df) == 4 and set(df["level"]) == {1}
+    rec = json.loads((out / "hierarchical.json").read_text())["levels"]
+    assert rec[0]["level"] == 1 and rec[0]["items"] == 4
+    assert "| 1 | 4 |" in (out / "hierarchical.md").read_text()
