@@ -13,7 +13,7 @@ the same built sets, so that every item is scored under each condition and the r
   ``residual_db = 10 log10(Σŷ² / Σx²)`` (dB, lower is better; ``-inf`` for an all-zero output, kept as a
   value), and ``false_activation`` = 1 when ``residual_db > -20`` dB (FUSS's activity threshold), else 0.
   An item with no class left to query is a row of status :data:`NO_ABSENT_CLASS` (MUSDB18 and Voicebank
-  mixtures hold every class of their vocabulary).
+  mixtures hold every class of their vocabulary); ``no_query`` when the system has a query for no class.
 - **Query-modality matrix** (``eval --query-modes oracle,average,audio-shots:1,audio-shots:5,label``):
   the same items under each listed query mode that the system declares; ``audio-shots:K`` is mode
   ``audio-shots`` with ``K`` example clips per class from the query split (:class:`harness.queries.ShotBank`,
@@ -342,7 +342,9 @@ class ProtocolSystem:
         dataset = items["dataset"].iloc[0]
         if condition == ABSENT:
             chosen = self.absent_labels(dataset)
-            return {i: NO_ABSENT_CLASS for i in items["item_id"] if chosen.get(str(i)) is None}
+            # no class to query at all (no query set) is no_query; every queryable class present: no_absent_class
+            why = NO_ABSENT_CLASS if self._absent_info[dataset]["candidate_classes"] else "no_query"
+            return {i: why for i in items["item_id"] if chosen.get(str(i)) is None}
         k = shot_count(condition)
         if k is not None:
             skip = dict(self.inner.unscorable(items, "audio-shots"))
