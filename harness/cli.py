@@ -344,6 +344,13 @@ def eval_cmd(
         help="how the MUSDB18 SDR calls museval: museval (per target, museval's argument order) | sisec18 (the "
              "4 targets of a track jointly, as museval.eval_mus_track) | uss-code (the released uss code: "
              "references = estimate); recorded in run.json and named in the report")] = "museval",
+    query_protocol: Annotated[str, typer.Option(
+        help="present: the paper's protocol | absent: also query every item for a class in neither its target's "
+             "nor its interferer's labels, scored by residual_db and false_activation")] = "present",
+    query_modes: Annotated[str | None, typer.Option(
+        help="comma-separated query modes to evaluate the same items under, e.g. "
+             "oracle,average,audio-shots:1,audio-shots:5,label (audio-shots:K: K example clips per class); the "
+             "report adds a modes x datasets table with paired differences to oracle [the system's own]")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a system (a baseline, a checkpoint, any plug-in); write items.parquet, summary.md and run.json.
@@ -362,8 +369,19 @@ def eval_cmd(
     from harness.musdb_protocols import check_protocol
 
     check_protocol(musdb_protocol)  # a misspelt protocol fails before any work (exit 2)
+    from harness.query_protocols import PROTOCOLS, parse_query_modes
+
+    check_choice("--query-protocol", query_protocol, PROTOCOLS)
+    modes = parse_query_modes(query_modes, shots)
     spec_name, sys_args = _system_choice(system_name, system_arg or [], baseline, checkpoint, condition)
     spec = resolve_spec(spec_name)  # before the sets are looked up: a misspelt name fails first
+    if modes:  # a mode the system does not declare fails before any work
+        from harness.query_protocols import base_mode
+
+        missing = [m for m in modes if base_mode(m) not in spec.query_modes]
+        if missing:
+            raise ConfigError(f"--query-modes {','.join(missing)}: system {spec.name!r} has query modes "
+                              f"{', '.join(spec.query_modes)} only")
     _fixed_batch_size(batch_size)  # a bad --batch-size fails before any work
     wd = _workdir(workdir)
     if out is not None:
@@ -394,6 +412,7 @@ def eval_cmd(
                            limit=limit, resume=resume, executor=executor, scheduler=scheduler,
                            part_items=part_items, break_lock=break_lock, save_estimates=save_estimates, shots=shots,
                            metrics=tuple(metrics or ()), aggregate=aggregate, musdb_protocol=musdb_protocol,
+                           query_protocol=query_protocol, query_modes=modes,
                            extra={"device": ranks.device(device), **({"condition": condition} if condition else {})})
         opts.check()
         with _progress(quiet or not ranks.is_main) as update:
@@ -612,6 +631,51 @@ def separate(
     console.print(f"{len(paths)} track(s) of active sound classes → {out}")
     for p in paths:
         console.print(f"  {p.relative_to(out)}")
+
+
+@app.command("eval-hierarchical")
+def eval_hierarchical_cmd(
+    checkpoint: Annotated[Path, typer.Option(help="an at_soft separator checkpoint (separate --levels)")],
+    out: Annotated[Path, typer.Option(help="output folder: hierarchical.parquet, hierarchical.md, hierarchical.json")],
+    levels: Annotated[list[int] | None, typer.Option("--levels", help="AudioSet ontology levels [1 2 3]")] = None,
+    workdir: WorkdirOpt = None,
+    split: str = "test",
+    limit: Annotated[int | None, typer.Option(min=1, help="first N items of the set [all]")] = None,
+    device: Annotated[str, _device_opt()] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="2-s chunks per separator batch")] = 8,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score `separate --levels` on the built AudioSet set: class-aware SDRi (DCASE 2025 Task 4) with detection
+    precision and recall per ontology level."""
+    import json
+
+    from harness.datasets.store import atomic_write_parquet, atomic_write_text, check_output_folder, open_set
+    from harness.models import load_separator_and_query_net
+    from harness.ontology import require_at_soft
+    from harness.query_protocols import (
+        hierarchical_markdown,
+        hierarchical_summary,
+        json_ready,
+        score_hierarchical,
+    )
+
+    check_output_folder(out, "--out")
+    evalset = open_set(_workdir(workdir), "audioset", split)
+    _inference_start()
+    separator, query_net = load_separator_and_query_net(checkpoint, device)
+    require_at_soft(separator)
+    with _progress(quiet) as update:
+        df = score_hierarchical(separator, query_net, evalset, levels=tuple(levels or (1, 2, 3)), limit=limit,
+                                batch_size=batch_size, progress=lambda d, t: update("hierarchical", d, t))
+    summary = hierarchical_summary(df)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_parquet(df, out / "hierarchical.parquet")
+    atomic_write_text(out / "hierarchical.json", json.dumps(
+        {"checkpoint": str(checkpoint), "build_digest": evalset.build["digest"], "levels": json_ready(summary)},
+        indent=2, allow_nan=False) + "\n")
+    text = hierarchical_markdown(summary, f"{checkpoint.name} on audioset/{split}")
+    atomic_write_text(out / "hierarchical.md", text)
+    console.print(text, markup=False, highlight=False)
 
 
 def _check_finite_weights(checkpoint: Path, models: dict) -> None:

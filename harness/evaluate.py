@@ -94,6 +94,7 @@ from harness.errors import ConfigError, UssBenchError, check_choice
 from harness.metric_registry import metric_columns
 from harness.parallel import Ranks
 from harness.queries import Query, ShotBank, display_name
+from harness.query_protocols import ABSENT, wrap_system
 from harness.scoring import METRIC_STATUS, score_packed, score_task, unscored
 from harness.scoring import score as score  # public here too: harness.evaluate.score
 from harness.scoring import score_batch as score_batch
@@ -112,11 +113,13 @@ def item_columns() -> tuple[str, ...]:
     provenance. ``ITEM_COLUMNS`` is this tuple."""
     return ("system", "dataset", "split", "condition", "item_id", "class_id", "label", *metric_columns(),
             "status", "status_detail", METRIC_STATUS, "seconds", "checkpoint_sha256", "harness_version",
-            "git_revision")
+            "git_revision", "query_label")
 
 
-OPTIONAL_PART_COLUMNS = ("status_detail", METRIC_STATUS)
-"""Columns of :data:`ITEM_COLUMNS` that parts written before they existed may lack (filled with ``""``).
+OPTIONAL_PART_COLUMNS = ("status_detail", METRIC_STATUS, "query_label")
+"""Columns of :data:`ITEM_COLUMNS` that parts written before they existed may lack (filled with ``""``;
+``query_label``, the class queried when it is not the row's ``label`` (absent-query rows,
+:mod:`harness.query_protocols`), with null).
 A metric column declared after the first schema (``MetricSpec.in_every_part`` false) that a part lacks is
 filled with NaN: an older run folder still resumes (issue 11); a part without one of the first eight is
 refused (issue 15 #18)."""
@@ -137,11 +140,15 @@ def __getattr__(name: str):
 
 def fill_missing_columns(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with the optional columns it lacks (or holds as null) filled: metric columns NaN,
-    ``status_detail``/``metric_status`` ``""`` (rows of parts or runs written before those columns)."""
+    ``status_detail``/``metric_status`` ``""``, ``query_label`` null (rows of parts or runs written before those columns)."""
     for c in metric_columns():
         if c not in df.columns:
             df[c] = np.nan
     for c in OPTIONAL_PART_COLUMNS:
+        if c == "query_label":
+            if c not in df.columns:
+                df[c] = None
+            continue
         if c not in df.columns:
             df[c] = ""
         elif df[c].isna().any():
@@ -194,6 +201,10 @@ class EvalOptions:
     save_estimates: str = "none"
     shots: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
+    query_protocol: str = "present"
+    """``present`` (the paper's protocol) or ``absent`` (adds the absent-query rows, :mod:`harness.query_protocols`)."""
+    query_modes: list[str] | None = None
+    """``eval --query-modes``: the query-mode conditions to run instead of the system's own (``None``: its own)."""
     break_lock: bool = False
     """Remove a stale ``<out>/eval.lock`` of a killed run first (:mod:`harness.runlock`)."""
     metrics: tuple[str, ...] = ()
@@ -239,10 +250,11 @@ def _rows(system: System, evalset: EvalSet, items: pd.DataFrame, condition: str,
           scored: list[dict[str, Any]], per_item: float, common: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     columns = (items["item_id"].tolist(), items["class_id"].tolist(), items["label"].tolist(), scored)
+    asked = system.absent_labels(evalset.dataset) if condition == ABSENT else {}
     for item_id, class_id, label, m in zip(*columns, strict=True):
         rows.append({"system": system.name, "dataset": evalset.dataset, "split": evalset.split,
                      "condition": condition, "item_id": item_id, "class_id": int(class_id),
-                     "label": label, **m, "seconds": per_item, **common})
+                     "label": label, **m, "seconds": per_item, **common, "query_label": asked.get(item_id)})
     return rows
 
 
@@ -792,6 +804,7 @@ def _pipeline(system: System, evalset: EvalSet, manifest: pd.DataFrame, cfg: dic
         skip.update({i: "no_query" for i, label in zip(planned["item_id"], planned["label"], strict=True)
                      if not shots.groups.get(label) and i not in skip})
     group_size = pool.jobs if evalset.virtual else 1
+    score_cfg = {**cfg, "query_protocol": ABSENT} if condition == ABSENT else cfg  # scored against the mixture
     # the target at the system's rate only where the system may see it (is_oracle, or the oracle query)
     joint = evalset.virtual and cfg.get("musdb_protocol") in musdb_protocols.JOINT_PROTOCOLS \
         and "musdb_sdr" in cfg["metrics"]
@@ -820,7 +833,7 @@ def _pipeline(system: System, evalset: EvalSet, manifest: pd.DataFrame, cfg: dic
                 if save is not None and unit.est is not None:
                     save(unit.items["item_id"].to_numpy()[[s is None for s in unit.scored]].tolist(), unit.est)
             n_tasks = pool.jobs if len(group) == 1 else 1
-            tasks = [_tasks(unit, cfg, n_tasks) for unit in group]
+            tasks = [_tasks(unit, score_cfg, n_tasks) for unit in group]
             for unit in group:  # the audio now lives in the tasks only
                 unit.mix = unit.ref = unit.est = unit.est_row = unit.sys_mix = unit.sys_ref = None
             if pending is not None:
@@ -987,6 +1000,7 @@ def check_modes(system: System, dataset: str) -> None:
     """Raise ConfigError when a condition of ``system`` on ``dataset`` is not one of its query modes, or is
     ``average`` without average embeddings (after ``prepare``): a mode never yields NaN cells silently."""
     for c in system.conditions(dataset):
+        c = system.query_mode(c, dataset)
         check_choice(f"condition of system {system.name!r}", c, system.query_modes)
         if c == "average" and system.average_embeddings(dataset) is None:
             raise ConfigError(f"system {system.name!r} runs query mode 'average' on {dataset} but has no average "
@@ -1047,6 +1061,7 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
     common = {"checkpoint_sha256": system.checkpoint_sha256, "harness_version": harness.__version__,
               "git_revision": git_revision()}
     sets = [open_set(opts.workdir, d, opts.split) for d in opts.datasets]
+    system = wrap_system(system, opts, sets)  # --query-protocol absent / --query-modes: their conditions
     for evalset in sets:  # fail before any work when, e.g., a query set is missing
         system.prepare(evalset.dataset)
         check_modes(system, evalset.dataset)
@@ -1127,6 +1142,8 @@ def _run_eval_locked(system: System, opts: EvalOptions, progress: Callable[[str,
         "started_at": started_at,
         "finished_at": _now(),
     }
+    if hasattr(system, "record"):  # a protocol run: the absent draws and the shots (file lists, digests)
+        run["query_protocols"] = system.record()
     atomic_write_text(out / "run.json", json.dumps(run, indent=2, default=str) + "\n")
     from harness.results import write_results
 

@@ -503,11 +503,14 @@ def render_report(run_dir: str | Path, aggregate: str | None = None, paper_row: 
             ``sources.json``; an unknown ``paper_row`` (ConfigError) or a bad paper CSV (MetadataError).
     """
     from harness import figures as F
+    from harness.query_protocols import paper_rows as protocol_paper_rows
+    from harness.query_protocols import report_markdown
     from harness.report_html import write_html
 
     run_dir = Path(run_dir)
-    items = load_items(run_dir)
-    sources = run_sources(run_dir, items)
+    all_items = load_items(run_dir)
+    sources = run_sources(run_dir, all_items)
+    items = protocol_paper_rows(all_items)  # the absent-query rows have their own section
     run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
     systems = list(dict.fromkeys(items["system"]))
     aggregate = aggregate or run.get("options", {}).get("aggregate")
@@ -524,7 +527,7 @@ def render_report(run_dir: str | Path, aggregate: str | None = None, paper_row: 
     table2_md, cells = table2_markdown(items, systems, aggregate, paper_row)
     from harness.results import write_results
 
-    write_results(run_dir, items, aggregate, paper_row)  # the same cells for machines
+    write_results(run_dir, all_items, aggregate, paper_row)  # the same cells for machines
     conventions = CONVENTIONS if aggregate is None else (
         f"Aggregation: every column is `{aggregate}` ({aggregations.aggregation(aggregate).description}), "
         "chosen with --aggregate, not the declared per-column conventions. " + CONVENTIONS)
@@ -540,9 +543,12 @@ def render_report(run_dir: str | Path, aggregate: str | None = None, paper_row: 
                f"{_fmt(r['mean'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"] for r in detail_rows(items, systems)]
     parts += [markdown_table(["system", "dataset", "condition", "metric", "items ok", "classes",
                               "class-median-mean", "median", "mean [95% CI]"], detail, "llll" + "r" * 5), ""]
+    protocols = report_markdown(all_items)  # eval --query-protocol absent / --query-modes
+    if protocols:
+        parts += [protocols, ""]
     parts += ["## Item status", ""]
     srows = [[r["system"], r["dataset"], str(r["rows"]), str(r["ok"]),
-              ", ".join(f"{k}: {v}" for k, v in r["other"].items()) or "—"] for r in status_rows(items)]
+              ", ".join(f"{k}: {v}" for k, v in r["other"].items()) or "—"] for r in status_rows(all_items)]
     parts += [markdown_table(["system", "dataset", "rows", "ok", "not scored (status: count)"], srows,
                              "llrrl"), ""]
     from harness import rollups, snr_sweep

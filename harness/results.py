@@ -32,6 +32,7 @@ import pandas as pd
 
 import harness
 from harness.datasets.store import atomic_write_text
+from harness.query_protocols import ABSENT, results_section
 
 SCHEMA = "uss-bench/results/1"
 
@@ -139,6 +140,8 @@ def results(run_dir: str | Path, items: pd.DataFrame | None = None, aggregate_na
                 sources.setdefault((dataset, cond, metric), []).append(key)
         info = run.get("system_info") or {"name": system, "checkpoint_sha256": run.get("checkpoint_sha256")}
         for (dataset, cond), sub in sub_sys.groupby(["dataset", "condition"], sort=False):
+            if cond == ABSENT:  # no SDR family: its own aggregates under "query_protocols"
+                continue
             in_set = run.get("set_items", {}).get(dataset, len(sub))
             statuses = {str(k): int(v) for k, v in sub["status"].value_counts().items()}
             for metric in _metrics(dataset, sub_sys):
@@ -163,8 +166,12 @@ def results(run_dir: str | Path, items: pd.DataFrame | None = None, aggregate_na
                    "git_revision": r.get("git_revision"), "host": r.get("host"),
                    "device": r.get("device") or r.get("options", {}).get("extra", {}).get("device"),
                    "started_at": r.get("started_at"), "finished_at": r.get("finished_at")} for s, r in runs.items()]
-    return {"schema": SCHEMA, "uss_bench_version": harness.__version__, "runs": provenance, "results": records,
-            "paper_row": paper_record(paper_row)}
+    out = {"schema": SCHEMA, "uss_bench_version": harness.__version__, "runs": provenance, "results": records,
+           "paper_row": paper_record(paper_row)}
+    protocols = results_section(items, runs)
+    if protocols is not None:  # eval --query-protocol absent / --query-modes (harness.query_protocols)
+        out["query_protocols"] = protocols
+    return out
 
 
 def write_results(run_dir: str | Path, items: pd.DataFrame | None = None, aggregate: str | None = None,

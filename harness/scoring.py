@@ -161,6 +161,10 @@ def score_batch(refs: Sequence[np.ndarray] | np.ndarray, ests: Sequence[np.ndarr
     n = len(refs)
     if len(ests) != n or len(mixes) != n:
         raise ValueError(f"score_batch: {n} refs, {len(ests)} ests and {len(mixes)} mixes; need one of each per item")
+    if dataset_cfg.get("query_protocol") == "absent":  # absent-query rows: the output against the mixture only
+        from harness.query_protocols import score_absent
+
+        return score_absent(ests, mixes)
     out = [unscored("ok") for _ in range(n)]
     ok = []
     for i in range(n):

@@ -77,6 +77,11 @@ class System(ABC):
         """Query modes evaluated on ``dataset`` (each a ``condition`` of ``items.parquet``)."""
         return (self.primary_mode,)
 
+    def query_mode(self, condition: str, dataset: str) -> str:
+        """The query mode (one of :attr:`query_modes`) that ``condition`` runs in: the condition itself here;
+        the protocols of :mod:`harness.query_protocols` name others (``audio-shots:5``, ``absent``)."""
+        return condition
+
     def prepare(self, dataset: str) -> None:
         """Load what evaluating ``dataset`` needs (e.g. its query set); raise UssBenchError if absent."""
         return None
@@ -145,6 +150,10 @@ BASELINES: dict[str, Callable[[], System]] = {"mixture": MixtureBaseline, "oracl
 CONDITIONS = ("average", "oracle")
 """Query conditions of a :class:`CheckpointSystem` (``eval --condition``): eq. 9 and eq. 11."""
 
+CHECKPOINT_MODES = (*CONDITIONS, "audio-shots")
+"""Query modes of a :class:`CheckpointSystem` (``eval --query-modes``): also ``audio-shots``, the mean
+condition of example clips (eq. 9 over the clips given instead of the whole query split; paper §3.4.3)."""
+
 NO_QUERY = "no_query"
 """Status of an item whose class has no average query embedding (no clip of it in the query split)."""
 
@@ -164,7 +173,7 @@ class CheckpointSystem(System):
     """
 
     description = "ResUNet30 + FiLM checkpoint (Kong et al. 2023), average (eq. 9) or oracle (eq. 11) queries"
-    query_modes = CONDITIONS
+    query_modes = CHECKPOINT_MODES
 
     def __init__(self, checkpoint: str | Path, workdir: str | Path, condition: str = "average",
                  device: str = "auto", batch_size: int = 16):
@@ -181,9 +190,10 @@ class CheckpointSystem(System):
         self.workdir = Path(workdir)
         self.condition = condition
         self.batch_size = int(batch_size)
-        self.query_modes = ("oracle",) if condition == "oracle" else CONDITIONS
+        self.query_modes = ("oracle",) if condition == "oracle" else CHECKPOINT_MODES
         self._queries: dict[str, dict[str, np.ndarray]] = {}
         self._query_net = None
+        self._shot_conds: dict[tuple[str, tuple[int, ...]], tuple[tuple[np.ndarray, ...], np.ndarray]] = {}
 
     def conditions(self, dataset: str) -> tuple[str, ...]:
         if self.condition == "oracle":
@@ -215,11 +225,22 @@ class CheckpointSystem(System):
             return self._query_net.condition([label]).numpy()
         return embed(self._query_net, source, self.condition_type)
 
+    def _shots(self, shots: tuple[np.ndarray, ...], label: str) -> np.ndarray:
+        """The mean condition of a class's example clips (each clip: mean over its 2-s chunks, as eq. 9's
+        per-file rule; then the mean over the clips), cached per clip tuple for the run."""
+        key = (label, tuple(id(s) for s in shots))
+        if key not in self._shot_conds:  # the clips are kept in the value, so their ids stay unique
+            self._shot_conds[key] = (shots, np.mean([self._oracle(s, label) for s in shots], axis=0)
+                                     .astype(np.float32))
+        return self._shot_conds[key][1]
+
     def separate(self, mixture, target, items, condition, queries=None):
         from harness.models import separate, separate_batch
 
         if condition == "oracle":
             conds = np.stack([self._oracle(q.oracle_source, q.label) for q in queries])
+        elif condition == "audio-shots":
+            conds = np.stack([self._shots(q.shots, q.label) for q in queries])
         else:
             size = self.separator.condition_size
             conds = np.stack([q.embedding if q.embedding is not None else np.zeros(size, np.float32)
@@ -332,7 +353,7 @@ def _uss_factory(checkpoint: str, workdir: str, condition: str = "average", devi
 
 for _name, _cls in BASELINES.items():  # the baselines are registered under their --baseline names
     register_system(_name)(_cls)
-register_system("uss", description=CheckpointSystem.description, query_modes=CONDITIONS,
+register_system("uss", description=CheckpointSystem.description, query_modes=CHECKPOINT_MODES,
                 sample_rate=SAMPLE_RATE)(_uss_factory)
 
 
