@@ -102,11 +102,11 @@ def test_items_parquet_types_are_stable(report):
 
 @pytest.mark.parametrize("how", ["class-median-mean", "median", "mean"])
 def test_bootstrap_ci_in_blocks_is_the_one_shot_interval(how, monkeypatch):
-    """The statistics are computed a block of resamples at a time (memory); the interval must be the
-    one of gathering all (resamples, N) values at once, written out here with numpy."""
+    """The resamples are drawn and their statistics computed a block at a time (memory); the interval
+    must be the one of drawing all (resamples, N) values at once, written out here with numpy."""
     import harness.results as results_module
 
-    monkeypatch.setattr(results_module, "BOOTSTRAP_BLOCK", 1000)  # 1000 // N rows per block: many blocks
+    monkeypatch.setattr(results_module, "BOOTSTRAP_BLOCK", 997)  # a few rows per block: many blocks
     rng = np.random.default_rng(5)
     v, c = rng.standard_normal(301), rng.integers(0, 3, 301).astype(str)
     g = np.random.default_rng(0)
