@@ -218,3 +218,21 @@ def test_writer_thread_error_reaches_the_caller(dev_data, tmp_path, monkeypatch)
         build_mixtures(dev_data / "fsdkaggle2018", tmp_path, BuildOptions("fsdkaggle2018", jobs=1))
     assert not (tmp_path / "mixtures/fsdkaggle2018/test/manifest.parquet").exists()
     assert max(calls) == 3
+
+
+def test_manifest_sha256_in_blocks_is_the_whole_column_formula(fsdk_builds, monkeypatch):
+    """manifest_sha256 hashes a few rows at a time (memory); the digest must be the sha256 of
+    ``col \\0 json.dumps(column values) \\n`` per column, written out here in one piece."""
+    import hashlib
+
+    from harness.datasets import store
+
+    _, one, *_ = fsdk_builds
+    m = pd.read_parquet(one / "mixtures/fsdkaggle2018/test/manifest.parquet")
+    h = hashlib.sha256()
+    for col in store.MANIFEST_COLUMNS:
+        values = [None if v is None or (isinstance(v, float) and v != v) else v for v in m[col].astype(object)]
+        h.update(f"{col}\0{json.dumps(values, default=str)}\n".encode())
+    monkeypatch.setattr(store, "MANIFEST_HASH_BLOCK", 3)
+    assert store.manifest_sha256(m) == h.hexdigest()
+    assert store.manifest_sha256(m.iloc[:0]) == store.manifest_sha256(m.iloc[:0].copy())
