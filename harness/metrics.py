@@ -795,9 +795,10 @@ def pesq_many(refs, ests, sample_rate: int, jobs: int = 1) -> list[tuple[float, 
         ests: sequence of ``(L_i,)`` degraded / enhanced signals, ``ests[i]`` paired with ``refs[i]``.
         sample_rate: Hz, of every signal (resampled to 16 kHz when different, see
             :func:`pesq_wb_status`).
-        jobs: worker processes. ``1`` scores serially in this process (no joblib); ``n > 1`` starts
-            ``min(n, len(refs))`` loky workers; negative values count from the CPU count as in joblib
-            (``-1`` = all CPUs).
+        jobs: worker processes at most. ``1`` scores serially in this process (no joblib); ``n > 1``
+            starts ``min(n, len(refs) // PESQ_MIN_PAIRS_PER_WORKER, free_cores())`` loky workers (serial
+            when that is 1: extra workers on busy cores were slower than none); negative values count
+            from the CPU count as in joblib (``-1`` = all CPUs).
 
     Returns:
         ``[(score, status), ...]``, one per pair: the MOS-LQO and ``"ok"``, or ``(nan, status)`` as
@@ -824,14 +825,46 @@ def pesq_many(refs, ests, sample_rate: int, jobs: int = 1) -> list[tuple[float, 
     if not pairs:
         return []
     workers = int(jobs) if jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + int(jobs))
-    workers = min(workers, len(pairs))
-    if workers == 1:
+    workers = min(workers, len(pairs) // PESQ_MIN_PAIRS_PER_WORKER, free_cores())
+    if workers <= 1:
         return [pesq_wb_status(r, e, sr) for r, e in pairs]
     from joblib import Parallel, delayed, parallel_config
 
+    # a few chunks per worker, each scored serially there: one task (and one result) per chunk, not per pair
+    n_chunks = min(len(pairs), PESQ_CHUNKS_PER_WORKER * workers)
+    bounds = np.linspace(0, len(pairs), n_chunks + 1).astype(int)
     with parallel_config(backend="loky", inner_max_num_threads=1):
-        out = Parallel(n_jobs=workers)(delayed(pesq_wb_status)(r, e, sr) for r, e in pairs)
-    return [(float(score), str(status)) for score, status in out]
+        out = Parallel(n_jobs=workers)(delayed(_pesq_chunk)(pairs[a:b], sr) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+    return [(float(score), str(status)) for chunk in out for score, status in chunk]
+
+
+PESQ_MIN_PAIRS_PER_WORKER = 4
+"""Fewer pairs than this per worker: :func:`pesq_many` scores serially (a loky start costs ~1 s)."""
+
+PESQ_CHUNKS_PER_WORKER = 4
+"""Tasks per worker in :func:`pesq_many` (a few, so that one slow chunk does not leave a core idle)."""
+
+
+def _pesq_chunk(pairs: list[tuple[np.ndarray, np.ndarray]], sr: int) -> list[tuple[float, str]]:
+    return [pesq_wb_status(r, e, sr) for r, e in pairs]
+
+
+def free_cores() -> int:
+    """Cores this process may use that other processes are not already using: the CPUs of its affinity
+    mask (``os.sched_getaffinity``) minus the 1-minute load average (``os.getloadavg``), rounded, at least 1.
+
+    Workers beyond it only time-share busy cores: on a loaded 2-core machine ``pesq_many(jobs=2)`` was
+    0.79–0.83× the serial speed (issue 14), the price of starting and feeding workers without a free core.
+    """
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return max(1, min(usable, round(usable - load + 0.25)))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -653,8 +653,12 @@ def pesq_pairs(dev_data, speech_case):
     return refs, ests
 
 
-def test_pesq_many_is_the_serial_result_for_any_jobs(pesq_pairs):
+def test_pesq_many_is_the_serial_result_for_any_jobs(pesq_pairs, monkeypatch):
     import pesq
+
+    # the parallel path whatever this machine's load and however few the pairs (it would go serial)
+    monkeypatch.setattr(M, "free_cores", lambda: 2)
+    monkeypatch.setattr(M, "PESQ_MIN_PAIRS_PER_WORKER", 1)
 
     refs, ests = pesq_pairs
     serial = [M.pesq_wb_status(r, e, 16000) for r, e in zip(refs, ests, strict=True)]
@@ -697,3 +701,15 @@ def test_non_finite_samples_never_become_finite_scores():
         assert np.isnan(M.musdb_sdr(ref, broken, sr)) and np.isnan(M.musdb_sdr(broken, est, sr))
         assert np.isnan(M.ssnr(ref, broken, sr)) and np.isnan(M.ssnr(broken, est, sr))
         assert np.isnan(M.ssnr_batch(np.stack([ref, ref]), np.stack([est, broken]), sr)[1])
+
+
+def test_free_cores_is_the_affinity_minus_the_load(monkeypatch):
+    """2 usable CPUs: load 0.2 → 2 free, load 1.1 → 1, load 6 → 1 (never 0); serial below 2."""
+    monkeypatch.setattr(M.os, "sched_getaffinity", lambda pid: {0, 1})
+    for load, free in ((0.2, 2), (1.1, 1), (6.0, 1)):
+        monkeypatch.setattr(M.os, "getloadavg", lambda load=load: (load, load, load))
+        assert M.free_cores() == free, load
+    calls = []
+    monkeypatch.setattr(M, "pesq_wb_status", lambda r, e, sr: calls.append(len(r)) or (1.0, "ok"))
+    assert M.pesq_many([np.ones(8000)] * 9, [np.ones(8000)] * 9, 16000, jobs=2) == [(1.0, "ok")] * 9
+    assert len(calls) == 9  # scored here, serially: the patched function ran in this process
