@@ -9,7 +9,9 @@ Two steps, as in descript audiotools' "sample a spec, persist it, then render it
    spec order, so the set is bit-identical for any number of workers. Clip corpora are rendered source
    first (:func:`_render_clip_window`): each source file a window of items needs is decoded and resampled
    once, every distinct 2-s segment cut from it once, then the items are summed from those segments;
-   the bytes are those of :func:`render_item` applied to each spec.
+   the bytes are those of :func:`render_item` applied to each spec. The sha256 hashes and the
+   ``mixtures.h5`` row writes run on a writer thread (:class:`_RowSink`) fed in spec order while later
+   sources still decode: the same bytes as a serial write (``WRITER_QUEUE = 0``).
 
 Protocol ``uss-paper`` (DESIGN §4, the paper §5.1 and the upstream evaluation scripts):
 
