@@ -199,7 +199,7 @@ def pesq_many_bench(ctx: Context) -> dict[str, Any]:
         "forced_two_workers_ratio": ref / forced,
         "notes": [
             f"jobs=2 starts min(2, pairs // {metrics.PESQ_MIN_PAIRS_PER_WORKER}, free_cores()) workers, "
-            "free_cores() = affinity CPUs − 1-min load average; each worker scores "
+            "free_cores() = affinity CPUs − other runnable tasks now (/proc/loadavg); each worker scores "
             f"{metrics.PESQ_CHUNKS_PER_WORKER} chunks of pairs (one task per chunk). Free cores seen: {free}; "
             f"load average {os.getloadavg()}.",
             f"Two workers forced whatever the load (the old rule): {forced:.2f} s, {ref / forced:.2f}× the serial "

@@ -41,6 +41,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 
@@ -850,8 +851,8 @@ def _pesq_chunk(pairs: list[tuple[np.ndarray, np.ndarray]], sr: int) -> list[tup
 
 
 def free_cores() -> int:
-    """Cores this process may use that other processes are not already using: the CPUs of its affinity
-    mask (``os.sched_getaffinity``) minus the 1-minute load average (``os.getloadavg``), rounded, at least 1.
+    """Cores this process may use that other processes are not using now: the CPUs of its affinity mask
+    (``os.sched_getaffinity``) minus the runnable tasks other than this one (:func:`busy_cpus`), at least 1.
 
     Workers beyond it only time-share busy cores: on a loaded 2-core machine ``pesq_many(jobs=2)`` was
     0.79–0.83× the serial speed (issue 14), the price of starting and feeding workers without a free core.
@@ -860,11 +861,35 @@ def free_cores() -> int:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = os.cpu_count() or 1
+    return max(1, min(usable, round(usable - busy_cpus() + 0.25)))
+
+
+BUSY_SAMPLES = 5
+"""Samples of ``/proc/loadavg`` per :func:`busy_cpus` call."""
+
+
+def busy_cpus() -> float:
+    """Runnable tasks other than the calling thread, now: the median of :data:`BUSY_SAMPLES` readings of
+    ``/proc/loadavg``'s running count, minus 1 (Linux).
+
+    Not the 1-minute load average: it includes this process and the workers it ran a moment ago (a
+    benchmark alternating serial and parallel runs saw a load of 2.3 on 2 cores with both cores free).
+    Elsewhere: the 1-minute load average minus 1 (this process), at least 0.
+    """
     try:
-        load = os.getloadavg()[0]
+        counts = []
+        for k in range(BUSY_SAMPLES):  # the count is instantaneous: the median of a few, 10 ms apart
+            if k:
+                time.sleep(0.01)
+            with open("/proc/loadavg") as f:
+                counts.append(float(f.read().split()[3].split("/")[0]))
+        return max(0.0, float(np.median(counts)) - 1)
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        return max(0.0, os.getloadavg()[0] - 1)
     except (AttributeError, OSError):
-        load = 0.0
-    return max(1, min(usable, round(usable - load + 0.25)))
+        return 0.0
 
 
 # --------------------------------------------------------------------------------------------------
