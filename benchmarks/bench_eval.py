@@ -146,6 +146,8 @@ def eval_throughput(ctx: Context) -> dict[str, Any]:
     root = ctx.data_dir / DATASET
     order = (["ours", "eager", "loop", "ours_system_malloc"] if ctx.quick else
              ["ours", "eager", "loop", "ours_system_malloc", "loop", "eager", "ours"])  # symmetric: drift cancels
+    if importlib.util.find_spec("openvino") is not None:  # the optional backend: one side, mid-order
+        order.insert(len(order) // 2, "ours_openvino")
     with tempfile.TemporaryDirectory(prefix="uss-bench-eval-") as tmp:
         work = Path(tmp) / "work"
         build = build_mixtures(root, work, BuildOptions(DATASET, jobs=1))
@@ -228,7 +230,20 @@ def eval_throughput(ctx: Context) -> dict[str, Any]:
            "Quiet: no other job beside the side being timed. ")
         + "The GPU benchmark is benchmarks/gpu.py.",
     ]
+    extra: dict[str, Any] = {}
+    if "ours_openvino" in ips:
+        sdri_ov = np.array(runs["ours_openvino"][0]["sdri"], dtype=float)
+        both = ok & np.isfinite(sdri_ov)
+        extra = {"items_per_s_ours_openvino": ips["ours_openvino"],
+                 "speedup_openvino_vs_default": ips["ours_openvino"] / ips["ours"],
+                 "sdri_max_abs_diff_openvino_vs_eager_db": float(np.max(np.abs(sdri_ov[both] - sdri["eager"][both])))}
+        notes.append(
+            f"Optional backend (USS_BENCH_BACKEND=openvino, installed here; one side, mid-order, its ~45-s "
+            f"conversion in the untimed warm-up): {ips['ours_openvino']:.3f} items/s, "
+            f"{extra['speedup_openvino_vs_default']:.2f}× the default path (ratio line only, no target), SDRi within "
+            f"{extra['sdri_max_abs_diff_openvino_vs_eager_db']:.2g} dB of the eager path.")
     return {
+        **extra,
         "measured": (f"wall time of {n_items} FSD50K dev items (2 s), ResUNet30 at_soft formula weights on the CPU: "
                      f"the default eval path vs today's eager path (the ratio) and an upstream-style loop, vs the "
                      f"conv roofline ({flops / 1e9:.1f} GFLOP per item)"),
