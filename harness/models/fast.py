@@ -240,13 +240,14 @@ class OpenVINOCore:
     """``prepared.mask_logits`` (the U-Net, 99 % of the FLOPs) compiled by OpenVINO for the CPU, float32.
 
     Set as an instance attribute of a prepared ResUNet30 (:func:`prepare_for_inference` then
-    :func:`use_openvino`), so that its ``forward`` runs the STFT, bn0-free magnitude and ISTFT in PyTorch
+    :func:`use_openvino`), so that its ``forward`` runs the STFT, the magnitude/phase and the ISTFT in PyTorch
     (complex tensors, which OpenVINO's converter does not take) and the U-Net in OpenVINO. The model is
     converted once from a trace of the PyTorch core with dynamic shapes (any batch and length), compiled
     with ``INFERENCE_PRECISION_HINT=f32`` (no bf16 on CPUs that have it) and as many threads as torch
     uses. Checked like every preparation by :func:`checked_forward` (≤ 1e-4 of peak; measured ≈ 2e-7).
-    Measured with ``benchmarks/backend_trials.py`` (paper-size model, batch 8, loaded 2-core Xeon): 1.95×
-    the PyTorch fast path. CUDA tensors run the PyTorch core.
+    Measured on a loaded 2-core Xeon (paper-size model, batch 8): 1.95× the PyTorch fast path in
+    ``benchmarks/backend_trials.py``, but 1.10× through :func:`checked_forward` and 0.93× in a quick
+    ``eval_throughput`` run: not a clear win, so opt-in. CUDA tensors run the PyTorch core.
 
     Shape: as :meth:`ResUNet30.mask_logits`.
     """
