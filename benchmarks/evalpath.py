@@ -7,6 +7,8 @@ MODE:
     ``ours``               the default path: allocator tuned first (as the CLI does), run_eval with the
                            fast path (OMP_WAIT_POLICY as the parent set it)
     ``ours_system_malloc`` the same without the allocator setting (its speed and peak-memory share)
+    ``ours_openvino``      the default path with USS_BENCH_BACKEND=openvino (the U-Net core in OpenVINO;
+                           run only when the openvino package is installed)
     ``eager``              today's path before the fast path: run_eval with USS_BENCH_FAST=0, glibc defaults
     ``loop``               an upstream-style loop: one item at a time, read from mixtures.h5, plain
                            forward at batch 1, numpy SDRi
@@ -61,7 +63,9 @@ def main(argv: list[str]) -> dict:
 
     from harness.models import fast
 
-    allocator = fast.tune_allocator() if mode == "ours" else {"applied": False, "reason": "not set (glibc defaults)"}
+    if mode == "ours_openvino":
+        os.environ[fast.BACKEND_ENV] = "openvino"
+    allocator = fast.tune_allocator() if mode in ("ours", "ours_openvino") else {"applied": False, "reason": "not set (glibc defaults)"}
     from bench_eval import upstream_sdr
 
     from harness.models import separator as sep_mod

@@ -41,6 +41,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 
@@ -796,9 +797,10 @@ def pesq_many(refs, ests, sample_rate: int, jobs: int = 1) -> list[tuple[float, 
         ests: sequence of ``(L_i,)`` degraded / enhanced signals, ``ests[i]`` paired with ``refs[i]``.
         sample_rate: Hz, of every signal (resampled to 16 kHz when different, see
             :func:`pesq_wb_status`).
-        jobs: worker processes. ``1`` scores serially in this process (no joblib); ``n > 1`` starts
-            ``min(n, len(refs))`` loky workers; negative values count from the CPU count as in joblib
-            (``-1`` = all CPUs).
+        jobs: worker processes at most. ``1`` scores serially in this process (no joblib); ``n > 1``
+            starts ``min(n, len(refs) // PESQ_MIN_PAIRS_PER_WORKER, free_cores())`` loky workers (serial
+            when that is 1: extra workers on busy cores were slower than none); negative values count
+            from the CPU count as in joblib (``-1`` = all CPUs).
 
     Returns:
         ``[(score, status), ...]``, one per pair: the MOS-LQO and ``"ok"``, or ``(nan, status)`` as
@@ -825,14 +827,70 @@ def pesq_many(refs, ests, sample_rate: int, jobs: int = 1) -> list[tuple[float, 
     if not pairs:
         return []
     workers = int(jobs) if jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + int(jobs))
-    workers = min(workers, len(pairs))
-    if workers == 1:
+    workers = min(workers, len(pairs) // PESQ_MIN_PAIRS_PER_WORKER, free_cores())
+    if workers <= 1:
         return [pesq_wb_status(r, e, sr) for r, e in pairs]
     from joblib import Parallel, delayed, parallel_config
 
+    # a few chunks per worker, each scored serially there: one task (and one result) per chunk, not per pair
+    n_chunks = min(len(pairs), PESQ_CHUNKS_PER_WORKER * workers)
+    bounds = np.linspace(0, len(pairs), n_chunks + 1).astype(int)
     with parallel_config(backend="loky", inner_max_num_threads=1):
-        out = Parallel(n_jobs=workers)(delayed(pesq_wb_status)(r, e, sr) for r, e in pairs)
-    return [(float(score), str(status)) for score, status in out]
+        out = Parallel(n_jobs=workers)(delayed(_pesq_chunk)(pairs[a:b], sr) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+    return [(float(score), str(status)) for chunk in out for score, status in chunk]
+
+
+PESQ_MIN_PAIRS_PER_WORKER = 4
+"""Fewer pairs than this per worker: :func:`pesq_many` scores serially (a loky start costs ~1 s)."""
+
+PESQ_CHUNKS_PER_WORKER = 4
+"""Tasks per worker in :func:`pesq_many` (a few, so that one slow chunk does not leave a core idle)."""
+
+
+def _pesq_chunk(pairs: list[tuple[np.ndarray, np.ndarray]], sr: int) -> list[tuple[float, str]]:
+    return [pesq_wb_status(r, e, sr) for r, e in pairs]
+
+
+def free_cores() -> int:
+    """Cores this process may use that other processes are not using now: the CPUs of its affinity mask
+    (``os.sched_getaffinity``) minus the runnable tasks other than this one (:func:`busy_cpus`), at least 1.
+
+    Workers beyond it only time-share busy cores: on a loaded 2-core machine ``pesq_many(jobs=2)`` was
+    0.79–0.83× the serial speed (issue 14), the price of starting and feeding workers without a free core.
+    """
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    return max(1, min(usable, round(usable - busy_cpus() + 0.25)))
+
+
+BUSY_SAMPLES = 5
+"""Samples of ``/proc/loadavg`` per :func:`busy_cpus` call."""
+
+
+def busy_cpus() -> float:
+    """Runnable tasks other than the calling thread, now: the median of :data:`BUSY_SAMPLES` readings of
+    ``/proc/loadavg``'s running count, minus 1 (Linux).
+
+    Not the 1-minute load average: it includes this process and the workers it ran a moment ago (a
+    benchmark alternating serial and parallel runs saw a load of 2.3 on 2 cores with both cores free).
+    Elsewhere: the 1-minute load average minus 1 (this process), at least 0.
+    """
+    try:
+        counts = []
+        for k in range(BUSY_SAMPLES):  # the count is instantaneous: the median of a few, 10 ms apart
+            if k:
+                time.sleep(0.01)
+            with open("/proc/loadavg") as f:
+                counts.append(float(f.read().split()[3].split("/")[0]))
+        return max(0.0, float(np.median(counts)) - 1)
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        return max(0.0, os.getloadavg()[0] - 1)
+    except (AttributeError, OSError):
+        return 0.0
 
 
 # --------------------------------------------------------------------------------------------------

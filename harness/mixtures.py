@@ -9,7 +9,9 @@ Two steps, as in descript audiotools' "sample a spec, persist it, then render it
    spec order, so the set is bit-identical for any number of workers. Clip corpora are rendered source
    first (:func:`_render_clip_window`): each source file a window of items needs is decoded and resampled
    once, every distinct 2-s segment cut from it once, then the items are summed from those segments;
-   the bytes are those of :func:`render_item` applied to each spec.
+   the bytes are those of :func:`render_item` applied to each spec. The sha256 hashes and the
+   ``mixtures.h5`` row writes run on a writer thread (:class:`_RowSink`) fed in spec order while later
+   sources still decode: the same bytes as a serial write (``WRITER_QUEUE = 0``).
 
 Protocol ``uss-paper`` (DESIGN §4, the paper §5.1 and the upstream evaluation scripts):
 
@@ -36,7 +38,9 @@ import json
 import logging
 import math
 import os
+import queue
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -431,57 +435,66 @@ def _cut_sources(sources: list[tuple[AudioRef, list[tuple[int, int]]]], corpus: 
     return out
 
 
-def _render_clip_window(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor: str,
-                        opts: BuildOptions) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+def _render_clip_window(specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor: str, opts: BuildOptions,
+                        buffer: Callable[[], np.ndarray] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, Any, dict[str, Any]]]:
     """Render clip items (AudioSet, FSDKaggle2018, FSD50K) source first; bit-identical to :func:`render_item`.
 
     Each distinct source file of ``specs`` is decoded and resampled once (in parallel with
-    ``opts.jobs``), each distinct segment cut once (:func:`_segment_key`), and the energy and the
-    sha256 of a segment used by several items are computed once. Items are then summed in spec order
-    exactly as :func:`render_item` does (same segments, same float32 gain and sum, same hashes).
+    ``opts.jobs``), each distinct segment cut once (:func:`_segment_key`), and the energy of a segment
+    used by several items is computed once. Items are then summed in spec order exactly as
+    :func:`render_item` does (same segments, same float32 gain and sum). Sources are decoded in the order
+    of their first use by the specs and items are yielded as soon as both their sources are decoded, so
+    the consumer (hashing and writing, :class:`_RowSink`) works while later sources are still decoding.
+
+    Args:
+        buffer: returns the float32 ``(seg,)`` array each mixture is summed into (default: a new array;
+            :meth:`_RowSink.buffer` recycles a few, so that no 256-KiB array is mapped afresh per item).
 
     Yields:
-        per item, in spec order, ``(mixture, target, row)``: float32 ``(seg,)`` arrays and the manifest
-        fields (as :func:`render_item` returns them, without the audio). ``mixture`` is one buffer
-        overwritten by the next item and ``target`` is shared between items with the same segment:
-        consume (write) them before advancing, never modify them.
+        per item, in spec order, ``(mixture, target, target_key, row)``: float32 ``(seg,)`` arrays, a
+        hashable key naming the target segment (equal keys, equal target bytes: its sha256 can be
+        reused) and the manifest fields without the hashes. ``mixture`` comes from ``buffer``; ``target`` is
+        shared between items with the same segment: never modify it.
     """
     sr = cfg["sample_rate"]
     seg = int(round(sr * cfg["segment_seconds"]))
     requests: dict[AudioRef, list[tuple[int, int]]] = {}
-    for spec in specs:
+    for spec in specs:  # insertion order = first use: item i needs only sources of items 0..i
         requests.setdefault(spec.target, []).append((spec.anchor_seeds[0], spec.class_id))
         requests.setdefault(spec.interferer, []).append((spec.anchor_seeds[1], spec.interferer_class_id))
     sources = list(requests.items())
     batches = [sources[i: i + SOURCE_BATCH] for i in range(0, len(sources), SOURCE_BATCH)]
-    done = parallel(opts.jobs)(
+    done = parallel(opts.jobs, return_as="generator")(
         delayed(_cut_sources)(b, corpus, cfg, anchor, opts.sed_checkpoint) for b in batches
     )
-    cuts = {ref: c for b, out in zip(batches, done, strict=True) for (ref, _), c in zip(b, out, strict=True)}
     mix_cfg = cfg["mixing"]
-    mixture = np.empty(seg, dtype=np.float32)
+    cuts: dict[AudioRef, dict[Any, tuple[np.ndarray, int]]] = {}
     energies: dict[tuple[AudioRef, Any], float] = {}
-    target_hashes: dict[tuple[AudioRef, Any], str] = {}
 
     def energy(key: tuple[AudioRef, Any], x: np.ndarray) -> float:
         if key not in energies:
             energies[key] = signal_energy(x)
         return energies[key]
 
-    for spec in specs:
-        t_key = (spec.target, _segment_key(anchor, spec.anchor_seeds[0], spec.class_id))
-        i_key = (spec.interferer, _segment_key(anchor, spec.anchor_seeds[1], spec.interferer_class_id))
-        target, t_on = cuts[t_key[0]][t_key[1]]
-        interferer, i_on = cuts[i_key[0]][i_key[1]]
-        gain = _mixing_gain(energy(t_key, target), energy(i_key, interferer), mix_cfg, opts.snr_db)
-        # target + float32(gain)·interferer in float32 (IEEE addition commutes: the bytes of render_item)
-        np.multiply(interferer, np.float32(gain), out=mixture)
-        np.add(mixture, target, out=mixture)
-        if t_key not in target_hashes:
-            target_hashes[t_key] = array_sha256(target)
-        yield mixture, target, dict(target_onset_s=t_on / sr, interferer_onset_s=i_on / sr, interferer_gain=gain,
-                                    sha256_mixture=array_sha256(mixture), sha256_target=target_hashes[t_key],
-                                    num_samples=seg)
+    pending = iter(specs)
+    spec = next(pending, None)
+    for b, out in zip(batches, done, strict=True):
+        cuts.update({ref: c for (ref, _), c in zip(b, out, strict=True)})
+        while spec is not None and spec.target in cuts and spec.interferer in cuts:
+            t_key = (spec.target, _segment_key(anchor, spec.anchor_seeds[0], spec.class_id))
+            i_key = (spec.interferer, _segment_key(anchor, spec.anchor_seeds[1], spec.interferer_class_id))
+            target, t_on = cuts[t_key[0]][t_key[1]]
+            interferer, i_on = cuts[i_key[0]][i_key[1]]
+            gain = _mixing_gain(energy(t_key, target), energy(i_key, interferer), mix_cfg, opts.snr_db)
+            # target + float32(gain)·interferer in float32 (IEEE addition commutes: the bytes of render_item)
+            mixture = buffer() if buffer is not None else np.empty(seg, dtype=np.float32)
+            np.multiply(interferer, np.float32(gain), out=mixture)
+            np.add(mixture, target, out=mixture)
+            yield mixture, target, t_key, dict(target_onset_s=t_on / sr, interferer_onset_s=i_on / sr,
+                                               interferer_gain=gain, num_samples=seg)
+            spec = next(pending, None)
+    if spec is not None:  # cannot happen: every source of every spec was requested
+        raise RuntimeError(f"item {spec.item_id}: its sources were not decoded")
 
 
 CLIP_SAMPLES = 320000
@@ -732,38 +745,138 @@ def trim_hdf5(path: Path) -> None:
         os.truncate(path, eoa)
 
 
+WRITER_QUEUE = 64
+"""Rendered items that may wait for the writer thread (:class:`_RowSink`; 2 × 256 KiB each at 2 s,
+32 kHz). ``0`` hashes and writes in the rendering thread (the serial path the tests compare with)."""
+
+
 def _write_h5(h5: h5py.File, specs: list[ItemSpec], corpus: Corpus, cfg: dict, anchor: str, opts: BuildOptions,
               progress: Callable | None) -> list[dict[str, Any]]:
     seg = int(round(cfg["sample_rate"] * cfg["segment_seconds"]))
     n = len(specs)
     batch = 16
     batches = [specs[i: i + batch] for i in range(0, n, batch)]
-    rows: list[dict[str, Any]] = []
     h5.attrs["sample_rate"] = cfg["sample_rate"]
     mix = h5.create_dataset("mixture", shape=(n, seg), dtype="float32", chunks=(1, seg))
     tgt = h5.create_dataset("target", shape=(n, seg), dtype="float32", chunks=(1, seg))
-    write_mix, write_tgt = _RowWriter(mix), _RowWriter(tgt)
-    if all(s.mixture is None for s in specs):  # clip corpora: decode each source once per window
-        for start in range(0, n, RENDER_WINDOW):
-            window = specs[start: start + RENDER_WINDOW]
-            for mixture, target, row in _render_clip_window(window, corpus, cfg, anchor, opts):
-                write_mix(len(rows), mixture)  # row by row, mixture then target: the file's chunk order
-                write_tgt(len(rows), target)
-                rows.append(row)
-            if progress:
-                progress(len(rows), n)
-        return rows
-    results = parallel(opts.jobs, return_as="generator")(
-        delayed(_render_batch)(b, corpus, cfg, anchor, opts.sed_checkpoint) for b in batches
-    )
-    for out in results:
-        for r in out:
-            write_mix(len(rows), r.pop("mixture"))
-            write_tgt(len(rows), r.pop("target"))
-            rows.append(r)
-        if progress:
-            progress(len(rows), n)
-    return rows
+    with _RowSink(mix, tgt, WRITER_QUEUE) as sink:
+        if all(s.mixture is None for s in specs):  # clip corpora: decode each source once per window
+            for start in range(0, n, RENDER_WINDOW):
+                window = specs[start: start + RENDER_WINDOW]
+                for mixture, target, t_key, row in _render_clip_window(window, corpus, cfg, anchor, opts,
+                                                                        sink.buffer):
+                    # the key is local to the window: a later window decodes (and hashes) its segments anew
+                    sink.put(mixture, target, (start // RENDER_WINDOW, t_key), row)
+                if progress:
+                    progress(sink.count, n)
+        else:
+            results = parallel(opts.jobs, return_as="generator")(
+                delayed(_render_batch)(b, corpus, cfg, anchor, opts.sed_checkpoint) for b in batches
+            )
+            for out in results:
+                for r in out:
+                    sink.put(r.pop("mixture"), r.pop("target"), None, r,
+                             hashes=(r.pop("sha256_mixture"), r.pop("sha256_target")))
+                if progress:
+                    progress(sink.count, n)
+    return sink.rows
+
+
+class _RowSink:
+    """Hash and write rendered items, in the order given, on a writer thread.
+
+    ``put(mixture, target, target_key, row)`` queues item ``count``; the writer thread computes
+    ``sha256_mixture`` and ``sha256_target`` (:func:`array_sha256`; a target key seen before reuses its
+    hash) into ``row`` and writes the two rows of ``mixtures.h5`` (mixture then target, row by row: the
+    file's chunk order, so the same bytes as a serial write). hashlib releases the GIL on large buffers,
+    decoding (soundfile, soxr) too, so with two cores the hashing and writing overlap the decode. Leaving
+    the ``with`` block waits for the writer; an error on either side stops both and is raised in the
+    caller's thread (the writer's error first). ``queue_size`` 0: hash and write at ``put`` instead.
+
+    Attributes:
+        rows: the manifest fields with the hashes, in ``put`` order (complete after the ``with`` block).
+        count: items put so far.
+    """
+
+    def __init__(self, mix: h5py.Dataset, tgt: h5py.Dataset, queue_size: int):
+        self._write_mix, self._write_tgt = _RowWriter(mix), _RowWriter(tgt)
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(queue_size + 2):
+            self._free.put(np.empty(mix.shape[1], dtype=np.float32))
+        self._target_hashes: dict[Any, str] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.count = 0
+        self._queue: queue.Queue | None = queue.Queue(queue_size) if queue_size > 0 else None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _RowSink:
+        if self._queue is not None:
+            self._thread = threading.Thread(target=self._run, name="uss-bench-h5-writer", daemon=True)
+            self._thread.start()
+        return self
+
+    def buffer(self) -> np.ndarray:
+        """A float32 ``(seg,)`` array to render the next mixture into (handed back once it is written)."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                return self._free.get(timeout=0.5)
+            except queue.Empty:
+                continue
+
+    def put(self, mixture: np.ndarray, target: np.ndarray, target_key: Any, row: dict[str, Any],
+            hashes: tuple[str, str] | None = None) -> None:
+        """Queue one item (``hashes`` given: already hashed; blocks while the queue is full)."""
+        self.count += 1
+        if self._queue is None:
+            self._consume((mixture, target, target_key, row, hashes))
+            if target_key is not None:  # a mixture from buffer(): free again
+                self._free.put(mixture)
+            return
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._queue.put((mixture, target, target_key, row, hashes), timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _consume(self, item: tuple) -> None:
+        mixture, target, key, row, hashes = item
+        if hashes is None:
+            if key not in self._target_hashes:
+                self._target_hashes[key] = array_sha256(target)
+            hashes = (array_sha256(mixture), self._target_hashes[key])
+        i = len(self.rows)
+        self._write_mix(i, mixture)
+        self._write_tgt(i, target)
+        row["sha256_mixture"], row["sha256_target"] = hashes
+        self.rows.append(row)
+
+    def _run(self) -> None:
+        assert self._queue is not None
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                if self._error is None:
+                    self._consume(item)
+            except BaseException as exc:  # re-raised in the caller's thread
+                self._error = exc
+            finally:
+                if item[2] is not None:  # a mixture from buffer(): free again
+                    self._free.put(item[0])
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._thread is not None:
+            self._queue.put(None)  # the writer drains the queue (dropping items after an error) and ends
+            self._thread.join()  # before the caller closes the HDF5 file
+        if exc is None and self._error is not None:
+            raise self._error
 
 
 class _RowWriter:

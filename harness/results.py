@@ -24,6 +24,7 @@ all 14 values and, per column, the paper's protocol as far as known). Written at
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +68,30 @@ def bootstrap_ci(values: np.ndarray, labels: np.ndarray, how: str, resamples: in
         per_class = []
         for c in pd.unique(labels):
             v = values[labels == c]
-            per_class.append(np.median(v[rng.integers(0, len(v), size=(resamples, len(v)))], axis=1))
+            per_class.append(_resample_stats(v, rng, resamples, np.median))
         stats = np.mean(per_class, axis=0)
     else:
-        draw = values[rng.integers(0, len(values), size=(resamples, len(values)))]
-        stats = np.median(draw, axis=1) if how == "median" else draw.mean(axis=1)
+        stats = _resample_stats(values, rng, resamples, np.median if how == "median" else np.mean)
     return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
+
+
+BOOTSTRAP_BLOCK = 1 << 18
+"""Resampled values drawn and gathered at once by :func:`_resample_stats` (2 MiB of float64)."""
+
+
+def _resample_stats(values: np.ndarray, rng: np.random.Generator, resamples: int, stat: Callable) -> np.ndarray:
+    """``stat(values[rng.integers(0, N, size=(resamples, N))], axis=1)``, a block of resamples at a time.
+
+    The same numbers as the one-shot expression, in memory bounded by :data:`BOOTSTRAP_BLOCK` instead of
+    three ``(resamples, N)`` arrays (the index, the gathered values and the median's partitioned copy),
+    which made the eval's peak memory grow with the items (issue 14): each row's statistic depends on
+    that row only, and numpy's ``Generator.integers`` draws a ``(r1 + r2, N)`` array as the concatenation
+    of a ``(r1, N)`` and a ``(r2, N)`` draw (its 32-bit buffer lives in the bit generator; numpy 2.x,
+    checked by ``tests/harness/test_results.py``)."""
+    n = len(values)
+    rows = max(1, BOOTSTRAP_BLOCK // max(1, n))
+    return np.concatenate([stat(values[rng.integers(0, n, size=(min(rows, resamples - i), n))], axis=1)
+                           for i in range(0, resamples, rows)])
 
 
 def _finite(x: float) -> float | None:

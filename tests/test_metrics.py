@@ -653,8 +653,12 @@ def pesq_pairs(dev_data, speech_case):
     return refs, ests
 
 
-def test_pesq_many_is_the_serial_result_for_any_jobs(pesq_pairs):
+def test_pesq_many_is_the_serial_result_for_any_jobs(pesq_pairs, monkeypatch):
     import pesq
+
+    # the parallel path whatever this machine's load and however few the pairs (it would go serial)
+    monkeypatch.setattr(M, "free_cores", lambda: 2)
+    monkeypatch.setattr(M, "PESQ_MIN_PAIRS_PER_WORKER", 1)
 
     refs, ests = pesq_pairs
     serial = [M.pesq_wb_status(r, e, 16000) for r, e in zip(refs, ests, strict=True)]
@@ -671,6 +675,7 @@ def test_pesq_many_is_the_serial_result_for_any_jobs(pesq_pairs):
 
 
 def test_pesq_many_checks_every_pair_first(monkeypatch):
+    monkeypatch.setattr(M, "busy_cpus", lambda: 1.0)
     calls = []
     monkeypatch.setattr(M, "pesq_wb_status", lambda *a: calls.append(a))
     with pytest.raises(ValueError, match=r"pair 1: ref and est must have the same length"):
@@ -697,3 +702,17 @@ def test_non_finite_samples_never_become_finite_scores():
         assert np.isnan(M.musdb_sdr(ref, broken, sr)) and np.isnan(M.musdb_sdr(broken, est, sr))
         assert np.isnan(M.ssnr(ref, broken, sr)) and np.isnan(M.ssnr(broken, est, sr))
         assert np.isnan(M.ssnr_batch(np.stack([ref, ref]), np.stack([est, broken]), sr)[1])
+
+
+def test_free_cores_is_the_affinity_minus_the_other_runnable_tasks(monkeypatch):
+    """2 usable CPUs: 0 or 0.2 other tasks → 2 free, 1 → 1, 6 → 1 (never 0); serial below 2."""
+    monkeypatch.setattr(M.os, "sched_getaffinity", lambda pid: {0, 1})
+    for busy, free in ((0.0, 2), (0.2, 2), (1.0, 1), (6.0, 1)):
+        monkeypatch.setattr(M, "busy_cpus", lambda busy=busy: busy)
+        assert M.free_cores() == free, busy
+    assert M.busy_cpus() >= 0
+    monkeypatch.setattr(M, "busy_cpus", lambda: 1.0)
+    calls = []
+    monkeypatch.setattr(M, "pesq_wb_status", lambda r, e, sr: calls.append(len(r)) or (1.0, "ok"))
+    assert M.pesq_many([np.ones(8000)] * 9, [np.ones(8000)] * 9, 16000, jobs=2) == [(1.0, "ok")] * 9
+    assert len(calls) == 9  # scored here, serially: the patched function ran in this process

@@ -110,10 +110,20 @@ def manifest_sha256(manifest: pd.DataFrame) -> str:
         raise SetIntegrityError(f"the manifest lacks the column(s) {', '.join(missing)}")
     h = hashlib.sha256()
     for col in MANIFEST_COLUMNS:
-        values = [None if v is None or (isinstance(v, float) and v != v) else v
-                  for v in manifest[col].astype(object).tolist()]
-        h.update(f"{col}\0{json.dumps(values, default=str)}\n".encode())
+        # the bytes of f"{col}\0{json.dumps(values, default=str)}\n", hashed a block of rows at a time:
+        # the whole column as Python objects and one JSON string cost RSS in proportion to the items
+        h.update(f"{col}\0[".encode())
+        column = manifest[col]
+        for start in range(0, len(column), MANIFEST_HASH_BLOCK):
+            values = [None if v is None or (isinstance(v, float) and v != v) else v
+                      for v in column.iloc[start: start + MANIFEST_HASH_BLOCK].astype(object).tolist()]
+            h.update(((", " if start else "") + json.dumps(values, default=str)[1:-1]).encode())
+        h.update(b"]\n")
     return h.hexdigest()
+
+
+MANIFEST_HASH_BLOCK = 4096
+"""Manifest rows per block of :func:`manifest_sha256` (the digest does not depend on it)."""
 
 
 def corpus_fingerprint(files: Iterable[Path], root: Path) -> dict[str, Any]:
@@ -239,6 +249,21 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
     """Write a Parquet file (pyarrow) through a temporary name and a rename (:func:`atomic_write`)."""
     atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False, engine="pyarrow"))
+    release_arrow_memory()
+
+
+def release_arrow_memory() -> None:
+    """Hand the memory that Arrow's memory pool keeps after freeing (the per-item tables just decoded or
+    encoded) back to the system: ``pyarrow.default_memory_pool().release_unused()``.
+
+    Called after reading a manifest and after writing a Parquet file, so that what a table of N items
+    needed is not still held, and added to, by the next phase: the eval's peak memory stayed growing with
+    the items without it (issue 14). The pool itself (mimalloc, jemalloc or system, as the user or
+    ``ARROW_DEFAULT_MEMORY_POOL`` chose it) is left as it is; only free memory is returned.
+    """
+    import pyarrow
+
+    pyarrow.default_memory_pool().release_unused()
 
 
 @dataclass
@@ -509,6 +534,7 @@ def open_set(workdir: str | Path, dataset: str, split: str = "test", *, check: b
     evalset = EvalSet(path=path, manifest=manifest, build=build)
     if check:
         check_set(evalset)
+    release_arrow_memory()  # the manifest's decode buffers
     return evalset
 
 

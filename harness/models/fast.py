@@ -47,6 +47,12 @@ folding and channels-last reassociate float32 sums: measured ≈ 1e-6–1e-5 of 
 FAST_ENV = "USS_BENCH_FAST"
 """``0`` turns the fast path off process-wide (the plain eager module runs instead)."""
 
+BACKEND_ENV = "USS_BENCH_BACKEND"
+"""``openvino`` runs the separator's U-Net core (``ResUNet30.mask_logits``) in OpenVINO (float32, CPU;
+the optional extra ``uss-bench[openvino]``); unset or ``torch``: PyTorch. See :class:`OpenVINOCore`."""
+
+BACKENDS = ("torch", "openvino")
+
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4  # glibc <malloc.h>
 MALLOPT_SETTINGS = {"M_MMAP_MAX": (_M_MMAP_MAX, 0), "M_TRIM_THRESHOLD": (_M_TRIM_THRESHOLD, 2**31 - 1),
                     "M_TOP_PAD": (_M_TOP_PAD, 256 * 2**20)}
@@ -212,6 +218,89 @@ def prepare_for_inference(model: ResUNet30) -> ResUNet30:
     return prepared
 
 
+def backend() -> str:
+    """The inference backend chosen by :data:`BACKEND_ENV` (default ``torch``).
+
+    Raises:
+        FastPathError: an unknown name, or ``openvino`` without the ``openvino`` package installed.
+    """
+    name = (os.environ.get(BACKEND_ENV) or "torch").strip().lower()
+    if name not in BACKENDS:
+        raise FastPathError(f"{BACKEND_ENV}={name!r} is not a backend; use one of {', '.join(BACKENDS)}")
+    if name == "openvino":
+        try:
+            import openvino  # noqa: F401
+        except ImportError as exc:
+            raise FastPathError(f"{BACKEND_ENV}=openvino needs the openvino package: "
+                                "pip install 'uss-bench[openvino]', or unset it") from exc
+    return name
+
+
+class OpenVINOCore:
+    """``prepared.mask_logits`` (the U-Net, 99 % of the FLOPs) compiled by OpenVINO for the CPU, float32.
+
+    Set as an instance attribute of a prepared ResUNet30 (:func:`prepare_for_inference` then
+    :func:`use_openvino`), so that its ``forward`` runs the STFT, the magnitude/phase and the ISTFT in PyTorch
+    (complex tensors, which OpenVINO's converter does not take) and the U-Net in OpenVINO. The model is
+    converted once from a trace of the PyTorch core with dynamic shapes (any batch and length), compiled
+    with ``INFERENCE_PRECISION_HINT=f32`` (no bf16 on CPUs that have it) and as many threads as torch
+    uses. Checked like every preparation by :func:`checked_forward` (≤ 1e-4 of peak; measured ≈ 2e-7).
+    Measured on a loaded 2-core Xeon (paper-size model, batch 8): 1.95× the PyTorch fast path in
+    ``benchmarks/backend_trials.py``, but 1.10× through :func:`checked_forward` and 0.93× in a quick
+    ``eval_throughput`` run: not a clear win, so opt-in. CUDA tensors run the PyTorch core.
+
+    Shape: as :meth:`ResUNet30.mask_logits`.
+    """
+
+    def __init__(self, prepared: ResUNet30):
+        self._prepared = prepared
+        self._compiled = None
+
+    def _torch_core(self, mag: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        return ResUNet30.mask_logits(self._prepared, mag, condition)
+
+    def _compile(self, mag: torch.Tensor, condition: torch.Tensor):
+        import openvino as ov
+
+        prepared = self._prepared
+
+        class Core(nn.Module):
+            def forward(self, m, c):
+                return ResUNet30.mask_logits(prepared, m, c)
+
+        with torch.inference_mode(False), torch.no_grad():
+            example = (mag.clone(), condition.clone())
+            model = ov.convert_model(Core().eval(), example_input=example)
+        for i in range(2):  # any batch and length (the batch-size search and the last batch differ)
+            model.inputs[i].get_node().set_partial_shape(ov.PartialShape([-1] * example[i].dim()))
+        model.validate_nodes_and_infer_types()
+        return ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                       "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+
+    def __call__(self, mag: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        if mag.device.type != "cpu":
+            return self._torch_core(mag, condition)
+        if self._compiled is None:
+            self._compiled = self._compile(mag, condition)
+        if condition.shape[0] == 1 and mag.shape[0] > 1:  # (1, D) broadcasts in PyTorch's FiLM
+            condition = condition.expand(mag.shape[0], -1)
+        out = self._compiled([mag.contiguous().numpy(), condition.contiguous().numpy()])[0]
+        return torch.from_numpy(out.copy())
+
+
+def use_openvino(prepared: ResUNet30) -> ResUNet30:
+    """Run ``prepared``'s U-Net core in OpenVINO (:class:`OpenVINOCore`); returns ``prepared``."""
+    prepared.mask_logits = OpenVINOCore(prepared)
+    prepared.inference_backend = "openvino"
+    return prepared
+
+
+def _prepare_separator(model: ResUNet30) -> ResUNet30:
+    """:func:`prepare_for_inference`, then the backend of :data:`BACKEND_ENV`."""
+    prepared = prepare_for_inference(model)
+    return use_openvino(prepared) if backend() == "openvino" else prepared
+
+
 def relative_difference(actual: torch.Tensor, reference: torch.Tensor) -> float:
     """``max|actual − reference| / max|reference|`` in float64 (0 when both are all zero)."""
     a, r = actual.detach().double().cpu(), reference.detach().double().cpu()
@@ -233,6 +322,8 @@ def _preparer(model: nn.Module):
     from harness.models.panns import _Cnn14Body
 
     if isinstance(model, ResUNet30):
+        if backend() == "openvino":
+            return _prepare_separator
         return prepare_for_inference  # looked up at call time: tests swap in a broken preparation
     if isinstance(model, _Cnn14Body):
         return prepare_query_net
@@ -289,6 +380,7 @@ def checked_forward(model: nn.Module, *inputs: torch.Tensor):
             report = {"fast_path": True, "fidelity_max_rel_diff": rel, "fidelity_limit": FIDELITY_LIMIT,
                       "fidelity_batch": int(inputs[0].shape[0]), "prepare_s": round(prepare_s, 3),
                       "allocator": allocator, "memory_format": "channels_last", "dtype": "float32",
+                      "backend": getattr(prepared, "inference_backend", "torch"),
                       "torch_threads": torch.get_num_threads(),
                       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "device": str(inputs[0].device)}
             if inputs[0].is_cuda:

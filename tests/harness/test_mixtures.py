@@ -185,3 +185,54 @@ def test_audioset_anchor_modes(dev_data, tmp_path):
         assert row["target_onset_s"] * 32000 == pytest.approx(int(np.argmax(power)) * 320)
     assert not np.array_equal(e.manifest["target_onset_s"].to_numpy(), r.manifest["target_onset_s"].to_numpy())
     assert json.loads((tmp_path / "r/mixtures/audioset/test/build.json").read_text())["options"]["anchor"] == "random"
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_writer_thread_gives_the_serial_bytes(fsdk_builds, tmp_path, monkeypatch, jobs):
+    """Hashing and HDF5 writes on the writer thread (the default) vs in the rendering thread
+    (``WRITER_QUEUE = 0``), with a small queue and small windows so that the two sides interleave:
+    the same digest, mixtures.h5 and manifest bytes."""
+    root, one, _, b1, _ = fsdk_builds
+    monkeypatch.setattr(mixtures, "RENDER_WINDOW", 16)
+    monkeypatch.setattr(mixtures, "WRITER_QUEUE", 0)
+    serial = build_mixtures(root, tmp_path / "serial", BuildOptions("fsdkaggle2018", jobs=jobs))
+    monkeypatch.setattr(mixtures, "WRITER_QUEUE", 2)
+    threaded = build_mixtures(root, tmp_path / "threaded", BuildOptions("fsdkaggle2018", jobs=jobs))
+    assert serial["digest"] == threaded["digest"] == b1["digest"]
+    for name in ("mixtures.h5", "manifest.parquet"):
+        p = f"mixtures/fsdkaggle2018/test/{name}"
+        assert (tmp_path / "serial" / p).read_bytes() == (tmp_path / "threaded" / p).read_bytes(), name
+
+
+def test_writer_thread_error_reaches_the_caller(dev_data, tmp_path, monkeypatch):
+    """An HDF5 write failing on the writer thread stops the build with that error; no set is left."""
+    calls = []
+
+    def broken(self, row, values):
+        calls.append(row)
+        if row == 3:
+            raise OSError(5, "simulated write error")
+
+    monkeypatch.setattr(mixtures._RowWriter, "__call__", broken)
+    with pytest.raises(OSError, match="simulated write error"):
+        build_mixtures(dev_data / "fsdkaggle2018", tmp_path, BuildOptions("fsdkaggle2018", jobs=1))
+    assert not (tmp_path / "mixtures/fsdkaggle2018/test/manifest.parquet").exists()
+    assert max(calls) == 3
+
+
+def test_manifest_sha256_in_blocks_is_the_whole_column_formula(fsdk_builds, monkeypatch):
+    """manifest_sha256 hashes a few rows at a time (memory); the digest must be the sha256 of
+    ``col \\0 json.dumps(column values) \\n`` per column, written out here in one piece."""
+    import hashlib
+
+    from harness.datasets import store
+
+    _, one, *_ = fsdk_builds
+    m = pd.read_parquet(one / "mixtures/fsdkaggle2018/test/manifest.parquet")
+    h = hashlib.sha256()
+    for col in store.MANIFEST_COLUMNS:
+        values = [None if v is None or (isinstance(v, float) and v != v) else v for v in m[col].astype(object)]
+        h.update(f"{col}\0{json.dumps(values, default=str)}\n".encode())
+    monkeypatch.setattr(store, "MANIFEST_HASH_BLOCK", 3)
+    assert store.manifest_sha256(m) == h.hexdigest()
+    assert store.manifest_sha256(m.iloc[:0]) == store.manifest_sha256(m.iloc[:0].copy())

@@ -98,3 +98,22 @@ def test_items_parquet_types_are_stable(report):
         assert (pa.types.is_string(kind) or pa.types.is_large_string(kind)) and kind == schema.field("system").type
         assert schema.field("class_id").type == pa.int64() and schema.field("sdr").type == pa.float64()
     assert schemas[0].remove_metadata() == schemas[1].remove_metadata()
+
+
+@pytest.mark.parametrize("how", ["class-median-mean", "median", "mean"])
+def test_bootstrap_ci_in_blocks_is_the_one_shot_interval(how, monkeypatch):
+    """The resamples are drawn and their statistics computed a block at a time (memory); the interval
+    must be the one of drawing all (resamples, N) values at once, written out here with numpy."""
+    import harness.results as results_module
+
+    monkeypatch.setattr(results_module, "BOOTSTRAP_BLOCK", 997)  # a few rows per block: many blocks
+    rng = np.random.default_rng(5)
+    v, c = rng.standard_normal(301), rng.integers(0, 3, 301).astype(str)
+    g = np.random.default_rng(0)
+    if how == "class-median-mean":
+        stats = np.mean([np.median(v[c == k][g.integers(0, (c == k).sum(), size=(1000, (c == k).sum()))], axis=1)
+                         for k in dict.fromkeys(c)], axis=0)
+    else:
+        draw = v[g.integers(0, len(v), size=(1000, len(v)))]
+        stats = np.median(draw, axis=1) if how == "median" else draw.mean(axis=1)
+    assert bootstrap_ci(v, c, how) == (float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5)))

@@ -232,3 +232,31 @@ def test_cli_sets_the_openmp_wait_policy_before_torch_loads():
     out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                          capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "ACTIVE"
+
+
+def test_unknown_backend_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(fast.BACKEND_ENV, "tensorrt")
+    with pytest.raises(fast.FastPathError, match="USS_BENCH_BACKEND='tensorrt' is not a backend"):
+        fast.checked_forward(_model(), torch.zeros(1, 1, 16000), torch.zeros(1, 527))
+
+
+def test_openvino_backend_matches_the_plain_module_for_any_shape(monkeypatch):
+    """USS_BENCH_BACKEND=openvino: the U-Net core runs in OpenVINO (float32); the output stays within the
+    fast path's reasoning (≤ 1e-5 of peak, see the module docstring) for the first batch and for other
+    batch sizes, lengths and a broadcast (1, D) condition (one compiled model with dynamic shapes)."""
+    pytest.importorskip("openvino")
+    monkeypatch.setenv(fast.BACKEND_ENV, "openvino")
+    model = _model(3)
+    g = torch.Generator().manual_seed(4)
+    x, c = 0.1 * torch.randn(3, 1, 32000, generator=g), torch.rand(3, 527, generator=g)
+    with torch.inference_mode():
+        cases = [(x, c), (x[:2, :, :20000], c[:1]), (x[:1], c[:1])]
+        refs = [model(a, b) for a, b in cases]
+    for (a, b), ref in zip(cases, refs, strict=True):
+        out = fast.checked_forward(model, a, b)
+        assert out.shape == ref.shape
+        assert fast.relative_difference(out, ref) <= 1e-5
+    assert model.inference_report["backend"] == "openvino"
+    assert model.inference_report["fidelity_max_rel_diff"] <= 1e-5
+    prepared = fast._CACHE[model][1]
+    assert isinstance(prepared.mask_logits, fast.OpenVINOCore) and prepared.mask_logits._compiled is not None
