@@ -112,7 +112,7 @@ def test_summary_and_html_show_the_full_default_row_with_protocols(tmp_path):
     assert cells[1:] == [f"{want[k]:.2f}" for k, *_ in TABLE2] and len(cells[1:]) == 12  # all 12, not 5
     # the protocol table: one line per paper column, its protocol beside ours
     assert re.search(r"\| MUSDB18 SDR \| 3\.08 \| dB \| museval median SDR; argument order unknown \| "
-                     r"class-median-mean \| unknown \|", text)
+                     r"track-median-stem-mean \| unknown \|", text)
     assert re.search(r"\| Voicebank PESQ \| 2\.18 \| MOS-LQO \| median \| median \| yes \|", text)
     assert "| MUSDB18 wSDRi | 9.22 | dB | not defined in the paper | (no column of ours) | — |" in text
     html = rep.html.read_text()
