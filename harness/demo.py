@@ -13,6 +13,7 @@ numbers, better or worse, means the pipeline changed and the baseline must be re
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,12 @@ import pandas as pd
 from rich.console import Console
 
 from harness.config import REPO_ROOT, dataset_names, load_dataset_config
-from harness.datasets.store import atomic_write_parquet
+from harness.datasets.store import atomic_write_parquet, atomic_write_text
 from harness.errors import CheckpointError, UssBenchError
 from harness.evaluate import BASELINES, EvalOptions, run_eval
 from harness.mixtures import BuildOptions, build_mixtures
 from harness.models.checkpoints import file_sha256
-from harness.reports import Comparison, compare_runs, render_report, write_baseline
+from harness.reports import SOURCES_JSON, Comparison, compare_runs, render_report, run_sources, write_baseline
 
 DEMO_ROOT = REPO_ROOT / "datasets" / "demo"
 
@@ -124,18 +125,25 @@ def run_demo(out: Path, workdir: Path | None = None, jobs: int = 1, quiet: bool 
         for dataset, folder in folders.items():
             prov = embed_queries(dataset, checkpoint, DEMO_ROOT / folder, wd, device="cpu")
             console.print(f"queries {dataset}: {prov['classes']} class(es) from the {prov['split']} split")
+        frames, run_dirs = [], []
         systems = [BASELINES["mixture"](), BASELINES["oracle-irm"](),
                    CheckpointSystem(checkpoint, wd, condition="average", device="cpu"),
                    CheckpointSystem(checkpoint, wd, condition="oracle", device="cpu")]
-        frames = []
         for system in systems:
             run_dir = out / "runs" / system.name.replace(":", "-").replace("[", "-").replace("]", "")
             run_eval(system, EvalOptions(datasets=list(folders), workdir=wd, out=run_dir, jobs=jobs))
             render_report(run_dir)
             frames.append(pd.read_parquet(run_dir / "items.parquet"))
+            run_dirs.append(run_dir)
             console.print(f"evaluated {system.name}", markup=False)
-    atomic_write_parquet(pd.concat(frames, ignore_index=True), out / "items.parquet")
-    rep = render_report(out)
+        # one report of the four runs, their systems under their own names; sources.json names the runs and
+        # their sets, and it is rendered while the sets exist: the ontology roll-ups read the sets'
+        # manifests for the interferer labels (issue 12)
+        atomic_write_parquet(pd.concat(frames, ignore_index=True), out / "items.parquet")
+        sources = [src for run_dir in run_dirs for src in run_sources(run_dir)]
+        atomic_write_text(out / SOURCES_JSON, json.dumps({"runs": [src.as_json() for src in sources]}, indent=2)
+                          + "\n")
+        rep = render_report(out)
     summary = rep.summary
     console.print(f"HTML report: {rep.html}", markup=False, highlight=False)
     if baseline is None:

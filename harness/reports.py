@@ -476,7 +476,7 @@ CONVENTIONS = (
     "Conventions: SDR and SDRi in dB (paper eq. 12–13, upstream constants 1e-10); "
     "AudioSet, FSDK2018, FSD50K and Slakh2100 are `class-median-mean` (median per class, mean over "
     "classes); MUSDB18 is the BSSEval-v4 image SDR (median over 1-s frames at 32 kHz) with "
-    "`class-median-mean` over the four stems (median over tracks per stem, mean over stems); "
+    "`track-median-stem-mean` (median over tracks per stem, mean over the four stems); "
     "Voicebank PESQ (P.862.2 wide band, MOS-LQO) and SSNR (dB) at 16 kHz are the median over "
     "utterances, as the upstream (means below). Baselines take no query, so the same number stands "
     "in both AudioSet columns. Only `ok` rows are aggregated; the others are counted below. A cell "
