@@ -18,7 +18,7 @@ CONSTRAINTS = "constraints.txt"
 
 def _install(session: nox.Session) -> None:
     # dfn: the deepfilternet3 system's tests run in CI; dnsmos: so do the DNSMOS metric's
-    session.install("-c", CONSTRAINTS, "-e", ".[test,dfn,dnsmos]")
+    session.install("-c", CONSTRAINTS, "-e", ".[test,dfn,dnsmos,openvino]")
 
 
 def _ensure_debian(session: nox.Session, package: str, present: bool, needed_for: str) -> None:
