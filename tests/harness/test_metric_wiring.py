@@ -67,7 +67,7 @@ def test_voicebank_speech_metrics_are_scored_at_16_khz(dev_data, tmp_path):
     build_mixtures(dev_data / "voicebank-demand", wd, BuildOptions("voicebank-demand", jobs=1))
     out = tmp_path / "run"
     run_eval(OracleIRM(), EvalOptions(datasets=["voicebank-demand"], workdir=wd, out=out, limit=2,
-                                      save_estimates="all"))
+                                      metrics=("+estoi",), save_estimates="all"))
     items = pd.read_parquet(out / "items.parquet")
     assert len(items) == 2 and (items["status"] == "ok").all()
     es = open_set(wd, "voicebank-demand")
