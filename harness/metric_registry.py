@@ -266,7 +266,7 @@ def resolve_metrics(defaults: list[str] | tuple[str, ...], requested: list[str] 
             elif name in METRICS:
                 names = {name}
             else:
-                choices = [*METRICS, *grp]
+                choices = list(dict.fromkeys([*METRICS, *grp]))  # a group may share its metric's name (estoi)
                 raise ConfigError(f"unknown metric or group {name!r}{did_you_mean(name, choices)} "
                                   f"(choose from {', '.join(choices)})")
             wanted = wanted | names if sign == "+" else wanted - names
