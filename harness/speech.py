@@ -46,6 +46,7 @@ from harness.metrics import (
     PESQ_SAMPLE_RATE,
     PESQ_STATUSES,
     STATUS_OK,
+    _sample_rate,
     check_signals,
     pesq_wb_status,
     ssnr,
@@ -142,16 +143,6 @@ def _pair(ref, est) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"ref and est must have the same length, got ref {r.shape[0]} samples and "
                          f"est {e.shape[0]} samples")
     return r, e
-
-
-def _rate(sample_rate) -> int:
-    try:
-        sr = int(sample_rate)
-    except (TypeError, ValueError):
-        raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}") from None
-    if sr <= 0 or sr != sample_rate:
-        raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
-    return sr
 
 
 def _to_16k(x: np.ndarray, sr: int) -> np.ndarray:
@@ -271,7 +262,7 @@ def llr(ref, est, sample_rate: int) -> float:
         ValueError: bad shapes, a bad ``sample_rate``, or fewer than one frame plus one hop of samples.
     """
     r, e = _pair(ref, est)
-    return _lowest_mean(_llr_frames(r, e, _rate(sample_rate)))
+    return _lowest_mean(_llr_frames(r, e, _sample_rate(sample_rate)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -376,7 +367,7 @@ def wss(ref, est, sample_rate: int) -> float:
         ValueError: bad shapes, a bad ``sample_rate``, or fewer than one frame plus one hop of samples.
     """
     r, e = _pair(ref, est)
-    return _lowest_mean(_wss_frames(r, e, _rate(sample_rate)))
+    return _lowest_mean(_wss_frames(r, e, _sample_rate(sample_rate)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -440,7 +431,7 @@ def composite(ref, est, mix, sample_rate: int, *,
         ValueError: bad shapes (not 1-D/2-D, empty, lengths differ) or a bad ``sample_rate``.
     """
     del mix, interferer
-    sr = _rate(sample_rate)
+    sr = _sample_rate(sample_rate)
     r, e = _pair(ref, est)
     nan = {"csig": _NAN, "cbak": _NAN, "covl": _NAN}
     status = check_signals(r, e)
@@ -492,7 +483,7 @@ def stoi(ref, est, mix, sample_rate: int, *,
     del mix, interferer
     from pystoi import stoi as _stoi
 
-    sr = _rate(sample_rate)
+    sr = _sample_rate(sample_rate)
     r, e = _pair(ref, est)
     nan = {"stoi": _NAN, "estoi": _NAN}
     status = check_signals(r, e)
@@ -582,7 +573,7 @@ def dnsmos(ref, est, mix, sample_rate: int, *,
         ValueError: ``est`` is not 1-D/2-D or is empty, or a bad ``sample_rate``.
     """
     del ref, mix, interferer
-    sr = _rate(sample_rate)
+    sr = _sample_rate(sample_rate)
     e = _mono(est, "est")
     model = _dnsmos_model()
     nan = {"dnsmos_sig": _NAN, "dnsmos_bak": _NAN, "dnsmos_ovrl": _NAN}
