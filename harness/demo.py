@@ -13,7 +13,6 @@ numbers, better or worse, means the pipeline changed and the baseline must be re
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +21,19 @@ import pandas as pd
 from rich.console import Console
 
 from harness.config import REPO_ROOT, dataset_names, load_dataset_config
-from harness.datasets.store import atomic_write_parquet, atomic_write_text
+from harness.datasets.store import atomic_write_parquet
 from harness.errors import CheckpointError, UssBenchError
 from harness.evaluate import BASELINES, EvalOptions, run_eval
 from harness.mixtures import BuildOptions, build_mixtures
 from harness.models.checkpoints import file_sha256
-from harness.reports import SOURCES_JSON, Comparison, compare_runs, render_report, run_sources, write_baseline
+from harness.reports import (
+    Comparison,
+    compare_runs,
+    render_report,
+    run_sources,
+    write_baseline,
+    write_sources,
+)
 
 DEMO_ROOT = REPO_ROOT / "datasets" / "demo"
 
@@ -140,9 +146,7 @@ def run_demo(out: Path, workdir: Path | None = None, jobs: int = 1, quiet: bool 
         # their sets, and it is rendered while the sets exist: the ontology roll-ups read the sets'
         # manifests for the interferer labels (issue 12)
         atomic_write_parquet(pd.concat(frames, ignore_index=True), out / "items.parquet")
-        sources = [src for run_dir in run_dirs for src in run_sources(run_dir)]
-        atomic_write_text(out / SOURCES_JSON, json.dumps({"runs": [src.as_json() for src in sources]}, indent=2)
-                          + "\n")
+        write_sources(out, [src for run_dir in run_dirs for src in run_sources(run_dir)])
         rep = render_report(out)
     summary = rep.summary
     console.print(f"HTML report: {rep.html}", markup=False, highlight=False)

@@ -255,6 +255,12 @@ SOURCES_JSON = "sources.json"
 """Written by a report of several runs (or of a run rendered elsewhere): where its systems came from."""
 
 
+def write_sources(out: Path, sources: list[RunSource]) -> None:
+    """Write ``<out>/sources.json`` (atomically): the runs behind a report, read back by :func:`run_sources`."""
+    atomic_write_text(Path(out) / SOURCES_JSON,
+                      json.dumps({"runs": [s.as_json() for s in sources]}, indent=2) + "\n")
+
+
 def _run_meta(run_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
     """``(digests, set folders)`` per dataset from a run's ``run.json`` (empty when absent)."""
     path = run_dir / "run.json"
@@ -413,7 +419,7 @@ def report_runs(runs: list[str | Path], out: str | Path | None = None, allow_dif
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_parquet(items, out / "items.parquet")
-    atomic_write_text(out / SOURCES_JSON, json.dumps({"runs": [s.as_json() for s in sources]}, indent=2) + "\n")
+    write_sources(out, sources)
     return render_report(out, aggregate, paper_row)
 
 
