@@ -45,6 +45,22 @@ def dev_data(shared_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def build_dev_sets(dev_data, tmp_path_factory):
+    """``build_dev_sets(datasets, name="work", **options)``: a new workdir with the evaluation set of each
+    dataset built from its dev layout (``dev_data / dataset``) by ``build_mixtures(..., BuildOptions(dataset,
+    **options))``; returns the workdir. Each call builds afresh (tests may write queries or tamper with it)."""
+    from harness.mixtures import BuildOptions, build_mixtures
+
+    def build(datasets, name: str = "work", **options) -> Path:
+        wd = tmp_path_factory.mktemp(name)
+        for dataset in datasets:
+            build_mixtures(dev_data / dataset, wd, BuildOptions(dataset, **options))
+        return wd
+
+    return build
+
+
+@pytest.fixture(scope="session")
 def meta_dir(shared_dir) -> Path:
     """``../shared/data/meta``: ontology, class lists, split lists."""
     return _need(shared_dir / "data" / "meta")

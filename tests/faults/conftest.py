@@ -97,13 +97,9 @@ def dead_pid() -> int:
 
 
 @pytest.fixture(scope="session")
-def voicebank_workdir(dev_data, tmp_path_factory):
+def voicebank_workdir(build_dev_sets):
     """A workdir with the dev Voicebank-Demand test set (17 whole utterances read from the corpus files)."""
-    from harness.mixtures import BuildOptions, build_mixtures
-
-    wd = tmp_path_factory.mktemp("faults-vb")
-    build_mixtures(dev_data / "voicebank-demand", wd, BuildOptions("voicebank-demand"))
-    return wd
+    return build_dev_sets(["voicebank-demand"], "faults-vb")
 
 
 @pytest.fixture
@@ -137,13 +133,9 @@ def cli_stderr(capsys):
 
 
 @pytest.fixture(scope="session")
-def fsdkaggle2018_workdir(dev_data, tmp_path_factory):
+def fsdkaggle2018_workdir(build_dev_sets):
     """A workdir with the 40-item FSDKaggle2018 dev test set (never modified: tests tamper with a copy)."""
-    from harness.mixtures import BuildOptions, build_mixtures
-
-    wd = tmp_path_factory.mktemp("faults-fsdk")
-    build_mixtures(dev_data / "fsdkaggle2018", wd, BuildOptions("fsdkaggle2018"))
-    return wd
+    return build_dev_sets(["fsdkaggle2018"], "faults-fsdk")
 
 
 @pytest.fixture

@@ -21,11 +21,8 @@ SETS = {"fsd50k": "fsd50k", "voicebank-demand": "voicebank-demand"}
 
 
 @pytest.fixture(scope="module")
-def workdir(dev_data, tmp_path_factory):
-    wd = tmp_path_factory.mktemp("work")
-    for name, folder in SETS.items():
-        build_mixtures(dev_data / folder, wd, BuildOptions(name, per_class=1, jobs=1))
-    return wd
+def workdir(build_dev_sets):
+    return build_dev_sets(SETS, per_class=1, jobs=1)
 
 
 def _cli(*args):

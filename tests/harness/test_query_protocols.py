@@ -15,7 +15,6 @@ import pytest
 from harness.datasets import get_corpus
 from harness.errors import EXIT_USAGE, ConfigError
 from harness.evaluate import EvalOptions, run_eval
-from harness.mixtures import BuildOptions, build_mixtures
 from harness.query_protocols import (
     ABSENT,
     draw_absent,
@@ -31,11 +30,8 @@ SETS = {"fsd50k": "fsd50k", "audioset": "audioset"}
 
 
 @pytest.fixture(scope="module")
-def workdir(dev_data, tmp_path_factory):
-    wd = tmp_path_factory.mktemp("work")
-    for name, folder in SETS.items():
-        build_mixtures(dev_data / folder, wd, BuildOptions(name, per_class=1, jobs=1))
-    return wd
+def workdir(build_dev_sets):
+    return build_dev_sets(SETS, per_class=1, jobs=1)
 
 
 def mixture_labels(dev_data: Path, workdir: Path, dataset: str) -> dict[str, set[str]]:

@@ -13,18 +13,14 @@ import pytest
 
 from harness.errors import ConfigError
 from harness.evaluate import EvalOptions, run_eval
-from harness.mixtures import BuildOptions, build_mixtures
 from harness.systems import System, resolve_spec, resolve_system
 
 SETS = {"fsd50k": "fsd50k", "voicebank-demand": "voicebank-demand"}  # one fixed-length set, one whole-file set
 
 
 @pytest.fixture(scope="module")
-def workdir(dev_data, tmp_path_factory):
-    wd = tmp_path_factory.mktemp("work")
-    for name, folder in SETS.items():
-        build_mixtures(dev_data / folder, wd, BuildOptions(name, per_class=1, jobs=1))
-    return wd
+def workdir(build_dev_sets):
+    return build_dev_sets(SETS, per_class=1, jobs=1)
 
 
 class Spy(System):
